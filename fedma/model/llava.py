@@ -1,0 +1,178 @@
+"""The LLaVA-style alignment model: frozen vision tower → projector → frozen causal LM.
+
+Stage-1 alignment trains only the projector, so the forward is arranged around that:
+- the vision tower runs under ``torch.no_grad`` (no activations kept for it);
+- the LM's weights never need gradients, only its *input* embeddings do (autograd then
+  computes input-gradients through the frozen layers and no weight gradients);
+- logits are computed only at positions that predict caption tokens, never for the image
+  prefix (the LM head is the widest matmul in a small LM: 49k × 576 for SmolLM2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedma.model.fingerprint import FingerprintMismatch, fingerprint
+from fedma.model.lm import load_language_model
+from fedma.model.projector import build_projector
+from fedma.model.vision import VisionEncoder, load_vision
+from fedma.spec import ModelSpec
+
+
+def _freeze(module: nn.Module) -> None:
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [B, T] caption tokens, right-padded
+    attention_mask: torch.Tensor  # [B, T]
+
+
+class AlignmentModel(nn.Module):
+    """Holds the three parts as submodules so DeepSpeed ZeRO-3 can partition the frozen ones."""
+
+    def __init__(self, vision: VisionEncoder, lm: nn.Module, tokenizer, projector: nn.Module,
+                 max_caption_tokens: int = 48):
+        super().__init__()
+        self.vision_adapter = vision
+        self.vision = vision.module
+        self.lm = lm
+        self.projector = projector
+        self.tokenizer = tokenizer
+        self.tokenizer.padding_side = "right"  # the hidden-state slicing below assumes it
+        self.max_caption_tokens = max_caption_tokens
+        _freeze(self.vision)
+        _freeze(self.lm)
+
+    def train(self, mode: bool = True) -> AlignmentModel:
+        # Backbones stay in eval mode (no dropout, frozen batch-norm statistics) whatever the
+        # trainer asks for; only the projector follows ``mode``.
+        self.training = mode
+        self.projector.train(mode)
+        self.vision.eval()
+        self.lm.eval()
+        return self
+
+    # -- inputs -----------------------------------------------------------------------------
+    def tokenize(self, captions: list[str]) -> Batch:
+        enc = self.tokenizer(captions, return_tensors="pt", padding=True, truncation=True,
+                             max_length=self.max_caption_tokens, add_special_tokens=False)
+        return Batch(enc["input_ids"], enc["attention_mask"])
+
+    @torch.no_grad()
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.vision_adapter.features(pixels)
+
+    # -- forward ----------------------------------------------------------------------------
+    def _hidden(self, features: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Final hidden states at the positions that predict each caption token: [B, T, H]."""
+        proj = self.projector(features.to(self._proj_dtype()))
+        emb = self.lm.get_input_embeddings()(batch.input_ids)
+        x = torch.cat([proj.to(emb.dtype), emb], dim=1)
+        n_img = proj.shape[1]
+        mask = torch.cat([torch.ones(batch.attention_mask.shape[0], n_img,
+                                     dtype=batch.attention_mask.dtype), batch.attention_mask], 1)
+        h = self.lm.base_model(inputs_embeds=x, attention_mask=mask).last_hidden_state
+        # Position i predicts token i+1: the last image position predicts caption token 0.
+        return h[:, n_img - 1 : n_img - 1 + batch.input_ids.shape[1]]
+
+    def _proj_dtype(self) -> torch.dtype:
+        return next(self.projector.parameters()).dtype
+
+    def token_logprobs(self, features: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """log p(caption token t | image, tokens < t), 0 at padding: [B, T]."""
+        h = self._hidden(features, batch)
+        logits = self.lm.get_output_embeddings()(h).float()
+        lp = torch.log_softmax(logits, dim=-1).gather(-1, batch.input_ids[..., None])[..., 0]
+        return lp * batch.attention_mask
+
+    def loss(self, features: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, int]:
+        """Mean next-token loss over caption tokens only; returns (loss, token count)."""
+        batch = self.tokenize(captions)
+        h = self._hidden(features, batch)
+        logits = self.lm.get_output_embeddings()(h).float()
+        labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                               ignore_index=-100)
+        return loss, int(batch.attention_mask.sum())
+
+    def forward(self, pixels: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        """Training loss for a batch of images and captions (what an engine calls)."""
+        return self.loss(self.image_features(pixels), captions)[0]
+
+    @torch.no_grad()
+    def choice_scores(self, features: torch.Tensor, choices: list[list[str]]) -> torch.Tensor:
+        """Total log-likelihood of each candidate caption given its image: [B, C].
+
+        When the candidates of a sample share every token but the last (e.g. "... the number
+        seven" vs "... the number six"), the shared prefix adds the same amount to every
+        candidate, so one forward over the prefix ranks them exactly; otherwise every
+        candidate is scored in full.
+        """
+        n_choices = {len(c) for c in choices}
+        if len(n_choices) != 1:
+            raise ValueError("every sample needs the same number of candidate captions")
+        fast = self._single_token_suffixes(choices)
+        if fast is not None:
+            prefixes, last = fast
+            batch = self.tokenize(prefixes)
+            # Re-tokenising the decoded prefix must give the same tokens for the shortcut to
+            # be exact; _single_token_suffixes checked that.
+            h = self._hidden(features, batch)
+            idx = batch.attention_mask.sum(1) - 1
+            h_last = h[torch.arange(h.shape[0]), idx]
+            logits = self.lm.get_output_embeddings()(h_last).float()
+            lp = torch.log_softmax(logits, -1)
+            return lp.gather(1, last)
+        flat = [c for cs in choices for c in cs]
+        k = next(iter(n_choices))
+        feats = features.repeat_interleave(k, dim=0)
+        return self.token_logprobs(feats, self.tokenize(flat)).sum(1).view(len(choices), k)
+
+    def _single_token_suffixes(self, choices: list[list[str]]):
+        prefixes, lasts = [], []
+        for cs in choices:
+            ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in cs]
+            n = len(ids[0])
+            if any(len(i) != n for i in ids) or n < 2 or any(i[:-1] != ids[0][:-1] for i in ids):
+                return None
+            if n > self.max_caption_tokens:
+                return None
+            prefix = self.tokenizer.decode(ids[0][:-1])
+            if self.tokenizer(prefix, add_special_tokens=False)["input_ids"] != ids[0][:-1]:
+                return None
+            prefixes.append(prefix)
+            lasts.append([i[-1] for i in ids])
+        return prefixes, torch.tensor(lasts)
+
+
+def load_alignment_model(spec: ModelSpec, projector_seed: int = 0,
+                         check_fingerprints: bool = True) -> AlignmentModel:
+    """Load backbones from local paths, verify their fingerprints, attach a fresh projector."""
+    vision = load_vision(spec.vision.kind, spec.vision.path, spec.vision.layer,
+                         spec.vision.image_size)
+    lm, tok = load_language_model(spec.language_model.path, spec.language_model.gguf_file)
+    if check_fingerprints:
+        for what, module, expected in (
+            ("model.vision", vision.module, spec.vision.fingerprint),
+            ("model.languageModel", lm, spec.language_model.fingerprint),
+        ):
+            if expected is None:
+                continue
+            got = fingerprint(module)
+            if got != expected:
+                raise FingerprintMismatch(
+                    f"{what}.fingerprint: this silo's backbone hashes to {got[:16]}…, the round "
+                    f"expects {expected[:16]}…; refusing to train a projector for a different model"
+                )
+    text_dim = lm.get_input_embeddings().embedding_dim
+    projector = build_projector(spec.projector.type, vision.feature_dim, text_dim,
+                                seed=projector_seed)
+    return AlignmentModel(vision, lm, tok, projector, spec.max_caption_tokens)

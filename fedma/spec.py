@@ -1,0 +1,329 @@
+"""The fedma API types: one definition shared by the CLI, the Job entrypoints and the operator.
+
+Field names are camelCase on the wire (as in a manifest a user would `kubectl apply`) and
+snake_case in Python. Unknown fields are refused rather than ignored, because a misspelt knob
+that silently falls back to a default is the worst kind of federated-training bug: it differs
+per silo and nobody sees it. Validation errors are re-raised as :class:`SpecError`, whose
+message names every field path and the rule it broke.
+
+This module is pure (pydantic only): the operator imports it without pulling in torch.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+API_VERSION = "fedma.io/v1alpha1"
+GROUP = "fedma.io"
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_SHA256 = r"^[0-9a-f]{64}$"
+# fsspec protocols a round may read or write. Anything else (http, ftp, memory, ...) is refused
+# so that a manifest cannot point the trainer at an arbitrary remote or in-process filesystem.
+ALLOWED_URI_SCHEMES = ("file", "s3")
+
+
+class SpecError(ValueError):
+    """A manifest broke a rule; ``errors`` holds ``(field path, message)`` pairs."""
+
+    def __init__(self, source: str, errors: list[tuple[str, str]]):
+        self.source = source
+        self.errors = errors
+        lines = "\n".join(f"  {path}: {msg}" for path, msg in errors)
+        super().__init__(f"invalid {source}:\n{lines}")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+def _check_uri(value: str) -> str:
+    if ".." in Path(value.split("://", 1)[-1]).parts:
+        raise ValueError("must not contain '..' path segments")
+    if "://" in value:
+        scheme = value.split("://", 1)[0]
+        if scheme not in ALLOWED_URI_SCHEMES:
+            raise ValueError(
+                f"scheme {scheme!r} is not allowed (use one of {', '.join(ALLOWED_URI_SCHEMES)})"
+            )
+    return value
+
+
+Uri = Annotated[str, Field(min_length=1, max_length=1024)]
+Digest = Annotated[str, Field(pattern=_SHA256)]
+
+
+class VisionSpec(_Model):
+    """The frozen vision tower. ``kind: hf`` loads a CLIP/SigLIP-style tower with
+    ``from_pretrained``; ``kind: efficientnet`` loads EfficientNet-Lite weights (safetensors)."""
+
+    kind: Literal["hf", "efficientnet"] = "hf"
+    path: Uri
+    # Hidden-state index for ``hf`` towers (LLaVA uses the penultimate layer, -2).
+    layer: int = -2
+    image_size: int = Field(224, ge=16, le=1024)
+    # Expected sha256 over the frozen weights; a silo whose copy differs refuses to train.
+    fingerprint: Digest | None = None
+
+
+class LanguageModelSpec(_Model):
+    path: Uri
+    gguf_file: str | None = None
+    fingerprint: Digest | None = None
+
+
+class ProjectorSpec(_Model):
+    type: Literal["linear", "mlp2x_gelu"] = "mlp2x_gelu"
+
+
+class ModelSpec(_Model):
+    vision: VisionSpec
+    language_model: LanguageModelSpec
+    projector: ProjectorSpec = ProjectorSpec()
+    # Caption tokens beyond this are cut; bounds memory per step.
+    max_caption_tokens: int = Field(48, ge=4, le=2048)
+
+
+class DataSpec(_Model):
+    """A JSONL manifest (``image``, ``caption`` per line); image paths are relative to it."""
+
+    path: Uri
+    # Experiments only: take a subset of the manifest's lines (indices into it).
+    indices: list[Annotated[int, Field(ge=0)]] | None = None
+
+
+class SiloSpec(_Model):
+    name: str = Field(min_length=1, max_length=40)
+    data: DataSpec
+    namespace: str | None = None
+    # Name of a Secret holding a kubeconfig for the silo's own cluster (operator only).
+    kubeconfig_secret: str | None = None
+    gpus: int = Field(0, ge=0, le=64)
+
+    @field_validator("name")
+    @classmethod
+    def _dns(cls, v: str) -> str:
+        if not _DNS_LABEL.match(v):
+            raise ValueError("must be a DNS label: lowercase letters, digits and '-'")
+        return v
+
+
+class DeepSpeedSpec(_Model):
+    zero_stage: Literal[0, 1, 2, 3] = 3
+    bf16: bool = False
+
+
+class TrainingSpec(_Model):
+    engine: Literal["torch", "deepspeed"] = "torch"
+    batch_size: int = Field(16, ge=1, le=4096)
+    learning_rate: float = Field(1e-3, gt=0, le=10)
+    weight_decay: float = Field(0.0, ge=0)
+    # Local steps are one pass over the silo's shard for the round; this caps them (0 = no cap).
+    max_steps_per_round: int = Field(0, ge=0)
+    seed: int = 0
+    threads: int = Field(0, ge=0, le=512)
+    deepspeed: DeepSpeedSpec = DeepSpeedSpec()
+
+
+class AggregationSpec(_Model):
+    strategy: Literal["fedavg"] = "fedavg"
+    # Quorum: fewest accepted silo updates an aggregation may use (0 = all silos).
+    min_silos: int = Field(0, ge=0)
+    # Seconds a round waits for stragglers once quorum is met.
+    deadline_seconds: int = Field(3600, ge=1, le=7 * 24 * 3600)
+    # Attempts per silo Job before the silo is excluded from the round.
+    backoff_limit: int = Field(1, ge=0, le=20)
+    options: dict[str, float] = Field(default_factory=dict)
+
+
+class ArtifactsSpec(_Model):
+    """Where rounds live: an fsspec URI root (``file://...`` or ``s3://bucket/prefix``)."""
+
+    uri: Uri
+    # Name of a Secret with store credentials; credentials never appear in a spec.
+    credentials_secret: str | None = None
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        return _check_uri(v)
+
+
+class EvaluationSpec(_Model):
+    """Held-out manifest: caption loss, and retrieval accuracy over lines carrying ``choices``."""
+
+    data: DataSpec
+    max_samples: int = Field(200, ge=1)
+    batch_size: int = Field(32, ge=1)
+
+
+class ProjectorRef(_Model):
+    uri: Uri
+    digest: Digest
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        return _check_uri(v)
+
+
+class _CommonSpec(_Model):
+    model: ModelSpec
+    silos: list[SiloSpec] = Field(min_length=1, max_length=1000)
+    training: TrainingSpec = TrainingSpec()
+    aggregation: AggregationSpec = AggregationSpec()
+    artifacts: ArtifactsSpec
+    evaluation: EvaluationSpec | None = None
+
+    @model_validator(mode="after")
+    def _silos_consistent(self) -> _CommonSpec:
+        names = [s.name for s in self.silos]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"silos: names must be unique, repeated: {', '.join(dupes)}")
+        if self.aggregation.min_silos > len(self.silos):
+            raise ValueError(
+                f"aggregation.minSilos: {self.aggregation.min_silos} exceeds the "
+                f"{len(self.silos)} silos listed"
+            )
+        return self
+
+    @property
+    def quorum(self) -> int:
+        return self.aggregation.min_silos or len(self.silos)
+
+
+class FederatedTrainingSpec(_CommonSpec):
+    rounds: int = Field(ge=1, le=10_000)
+
+
+class FederatedRoundSpec(_CommonSpec):
+    training_name: str = Field(min_length=1)
+    round: int = Field(ge=1)
+    total_rounds: int = Field(ge=1)
+    # The global projector this round starts from; None for the first round of a training
+    # that starts from a seeded initialisation.
+    input: ProjectorRef | None = None
+    server_state: ProjectorRef | None = None
+
+    @model_validator(mode="after")
+    def _round_in_range(self) -> FederatedRoundSpec:
+        if self.round > self.total_rounds:
+            raise ValueError(f"round: {self.round} exceeds totalRounds {self.total_rounds}")
+        return self
+
+
+class ObjectMeta(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(min_length=1, max_length=63)
+    namespace: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _dns(cls, v: str) -> str:
+        if not _DNS_LABEL.match(v):
+            raise ValueError("must be a DNS label: lowercase letters, digits and '-'")
+        return v
+
+
+class FederatedTraining(_Model):
+    api_version: Literal["fedma.io/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["FederatedTraining"] = "FederatedTraining"
+    metadata: ObjectMeta
+    spec: FederatedTrainingSpec
+
+
+class FederatedRound(_Model):
+    api_version: Literal["fedma.io/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["FederatedRound"] = "FederatedRound"
+    metadata: ObjectMeta
+    spec: FederatedRoundSpec
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(root)"
+
+
+def _errors(exc: ValidationError) -> list[tuple[str, str]]:
+    errs = []
+    for e in exc.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (check its spelling against the API reference)"
+        errs.append((_format_loc(e["loc"]), msg))
+    return errs
+
+
+_KINDS: dict[str, type[FederatedTraining] | type[FederatedRound]] = {
+    "FederatedTraining": FederatedTraining,
+    "FederatedRound": FederatedRound,
+}
+
+
+def parse(obj: Any, source: str = "manifest") -> FederatedTraining | FederatedRound:
+    """Validate a decoded manifest; raises :class:`SpecError` naming every broken field."""
+    if not isinstance(obj, dict):
+        raise SpecError(source, [("(root)", "expected a mapping (a Kubernetes object)")])
+    if obj.get("apiVersion") != API_VERSION:
+        raise SpecError(
+            source, [("apiVersion", f"must be {API_VERSION!r}, got {obj.get('apiVersion')!r}")]
+        )
+    kind = obj.get("kind")
+    if kind not in _KINDS:
+        raise SpecError(source, [("kind", f"must be one of {sorted(_KINDS)}, got {kind!r}")])
+    try:
+        return _KINDS[kind].model_validate(obj)
+    except ValidationError as exc:
+        raise SpecError(source, _errors(exc)) from None
+
+
+def load(path: str | Path) -> FederatedTraining | FederatedRound:
+    """Read one manifest from a YAML file (the same file a user would ``kubectl apply``)."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise SpecError(str(p), [("(file)", f"cannot read: {exc.strerror}")]) from None
+    try:
+        obj = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(str(p), [("(yaml)", str(exc).replace("\n", " "))]) from None
+    return parse(obj, source=str(p))
+
+
+def round_spec(training: FederatedTraining, round_index: int, input_ref: ProjectorRef | None,
+               server_state: ProjectorRef | None = None) -> FederatedRound:
+    """The FederatedRound a training creates for round ``round_index`` (spec copied)."""
+    base = training.spec.model_dump(by_alias=False, exclude={"rounds"})
+    spec = FederatedRoundSpec(
+        **base,
+        training_name=training.metadata.name,
+        round=round_index,
+        total_rounds=training.spec.rounds,
+        input=input_ref,
+        server_state=server_state,
+    )
+    meta = ObjectMeta(
+        name=f"{training.metadata.name}-r{round_index:04d}"[:63],
+        namespace=training.metadata.namespace,
+    )
+    return FederatedRound(metadata=meta, spec=spec)
+
+
+def dump(obj: BaseModel) -> dict[str, Any]:
+    """The wire form (camelCase, no unset optionals) of an API object."""
+    return obj.model_dump(by_alias=True, exclude_none=True, mode="json")

@@ -1,0 +1,223 @@
+"""Artifacts: projector weights as safetensors plus a JSON manifest, on any fsspec store.
+
+Why this shape:
+- safetensors, never pickle: weights cross organisational boundaries, and a pickle is code.
+- every file is addressed together with its sha256; each read recomputes and compares it, so a
+  tampered or truncated artifact is a clear error naming it, not a silently different model.
+- writes are atomic: a local file is written beside its target and renamed into place; an
+  object store PUT is all-or-nothing. The manifest is written last and acts as the commit
+  marker: an artifact without its manifest does not exist as far as a reader is concerned.
+
+Store credentials come from the environment (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``,
+``AWS_ENDPOINT_URL``), which a Kubernetes Job fills from a Secret — never from a spec.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import fsspec
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from fedma.spec import ALLOWED_URI_SCHEMES
+
+T = TypeVar("T")
+MANIFEST_SUFFIX = ".manifest.json"
+
+
+class ArtifactError(RuntimeError):
+    """An artifact is missing, corrupt or tampered with; the message names it."""
+
+
+class StoreUnavailable(ArtifactError):
+    """The store could not be reached after retrying."""
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    uri: str
+    digest: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"uri": self.uri, "digest": self.digest}
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _split(uri: str) -> tuple[str, str]:
+    if "://" not in uri:
+        return "file", str(Path(uri).resolve())
+    scheme, rest = uri.split("://", 1)
+    if scheme not in ALLOWED_URI_SCHEMES:
+        raise ArtifactError(f"{uri}: store scheme {scheme!r} is not supported")
+    return scheme, (str(Path(rest).resolve()) if scheme == "file" else rest.rstrip("/"))
+
+
+class Store:
+    """A root URI plus retrying, digest-checked, atomic reads and writes below it."""
+
+    def __init__(self, root: str, retries: int = 4, backoff_s: float = 0.5,
+                 storage_options: dict[str, Any] | None = None):
+        self.scheme, self.root = _split(root)
+        self.retries = retries
+        self.backoff_s = backoff_s
+        opts = dict(storage_options or {})
+        if self.scheme == "s3" and os.environ.get("AWS_ENDPOINT_URL"):
+            opts.setdefault("endpoint_url", os.environ["AWS_ENDPOINT_URL"])
+        self.fs = fsspec.filesystem(self.scheme, **opts)
+
+    # -- addressing -------------------------------------------------------------------------
+    def uri(self, rel: str) -> str:
+        return f"{self.scheme}://{self._path(rel)}"
+
+    def _path(self, rel: str) -> str:
+        rel = rel.strip("/")
+        if ".." in rel.split("/"):
+            raise ArtifactError(f"{rel}: '..' is not allowed in artifact paths")
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def rel(self, uri: str) -> str:
+        """The path of ``uri`` relative to this store's root (refuses URIs outside it)."""
+        scheme, path = _split(uri)
+        if scheme != self.scheme or not (path == self.root or path.startswith(self.root + "/")):
+            raise ArtifactError(f"{uri}: not inside the store {self.uri('')}")
+        return path[len(self.root):].strip("/")
+
+    # -- retries ----------------------------------------------------------------------------
+    def _retry(self, what: str, fn: Callable[[], T]) -> T:
+        delay = self.backoff_s
+        for attempt in range(self.retries + 1):
+            try:
+                return fn()
+            except (FileNotFoundError, ArtifactError):
+                raise
+            except (OSError, ConnectionError, TimeoutError) as exc:
+                if attempt == self.retries:
+                    raise StoreUnavailable(
+                        f"{what}: store unreachable after {self.retries + 1} attempts: {exc}"
+                    ) from exc
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    # -- bytes ------------------------------------------------------------------------------
+    def put_bytes(self, rel: str, data: bytes) -> ArtifactRef:
+        path = self._path(rel)
+        if self.scheme == "file":
+            self._retry(path, lambda: _atomic_local_write(path, data))
+        else:
+            self._retry(path, lambda: self.fs.pipe_file(path, data))
+        return ArtifactRef(self.uri(rel), sha256(data))
+
+    def get_bytes(self, rel: str, digest: str | None = None) -> bytes:
+        path = self._path(rel)
+        try:
+            data = self._retry(path, lambda: self.fs.cat_file(path))
+        except FileNotFoundError:
+            raise ArtifactError(f"{self.uri(rel)}: artifact not found") from None
+        if digest is not None and sha256(data) != digest:
+            raise ArtifactError(
+                f"{self.uri(rel)}: sha256 mismatch (expected {digest[:12]}…, got "
+                f"{sha256(data)[:12]}…): the artifact was modified or truncated"
+            )
+        return data
+
+    def exists(self, rel: str) -> bool:
+        path = self._path(rel)
+        return bool(self._retry(path, lambda: self.fs.exists(path)))
+
+    # -- JSON -------------------------------------------------------------------------------
+    def put_json(self, rel: str, obj: Any) -> ArtifactRef:
+        return self.put_bytes(rel, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+    def get_json(self, rel: str, digest: str | None = None) -> Any:
+        raw = self.get_bytes(rel, digest)
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ArtifactError(f"{self.uri(rel)}: not valid JSON: {exc}") from None
+
+    # -- tensors ----------------------------------------------------------------------------
+    def put_tensors(self, rel: str, tensors: dict[str, torch.Tensor],
+                    manifest: dict[str, Any] | None = None) -> ArtifactRef:
+        """Write ``rel`` (safetensors) then its manifest; returns the weights' reference."""
+        data = st_save({k: v.detach().contiguous().cpu() for k, v in sorted(tensors.items())})
+        ref = self.put_bytes(rel, data)
+        body = dict(manifest or {})
+        body.update({
+            "file": Path(rel).name,
+            "sha256": ref.digest,
+            "bytes": len(data),
+            "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
+                        for k, v in sorted(tensors.items())},
+        })
+        self.put_json(rel + MANIFEST_SUFFIX, body)
+        return ref
+
+    def get_tensors(self, rel: str, digest: str | None = None) -> dict[str, torch.Tensor]:
+        """Read weights, verifying ``digest`` (or, without one, the manifest's digest)."""
+        if digest is None:
+            digest = self.get_manifest(rel)["sha256"]
+        data = self.get_bytes(rel, digest)
+        try:
+            return st_load(data)
+        except (SafetensorError, ValueError) as exc:
+            raise ArtifactError(f"{self.uri(rel)}: not a valid safetensors file: {exc}") from None
+
+    def get_manifest(self, rel: str) -> dict[str, Any]:
+        try:
+            body = self.get_json(rel + MANIFEST_SUFFIX)
+        except ArtifactError as exc:
+            raise ArtifactError(f"{self.uri(rel)}: no committed manifest ({exc})") from None
+        if not isinstance(body, dict) or "sha256" not in body:
+            raise ArtifactError(f"{self.uri(rel + MANIFEST_SUFFIX)}: manifest lacks 'sha256'")
+        return body
+
+    def committed(self, rel: str) -> bool:
+        return self.exists(rel + MANIFEST_SUFFIX)
+
+
+def _atomic_local_write(path: str, data: bytes) -> None:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# -- layout: one folder per round, so a late update can never leak into another round --------
+def round_dir(training: str, round_index: int) -> str:
+    return f"{training}/round-{round_index:04d}"
+
+
+def global_rel(training: str, round_index: int) -> str:
+    """The global projector *produced by* round ``round_index`` (round 0 = initialisation)."""
+    return f"{round_dir(training, round_index)}/global.safetensors"
+
+
+def server_state_rel(training: str, round_index: int) -> str:
+    return f"{round_dir(training, round_index)}/server-state.safetensors"
+
+
+def update_rel(training: str, round_index: int, silo: str) -> str:
+    return f"{round_dir(training, round_index)}/silos/{silo}/update.safetensors"

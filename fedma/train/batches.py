@@ -1,0 +1,57 @@
+"""Which samples a silo trains on in a round, and how they become batches.
+
+One-pass collaborative training (the Fed-MA setting): each sample is seen once per run. A
+silo's records are shuffled once with a seed derived from the training seed and the silo name,
+then cut into ``total_rounds`` contiguous shards; round r trains on shard r. The split depends
+only on the spec, so a retried or restarted Job trains on exactly the same samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedma.data.manifest import DataError, Record, load_image, read_manifest
+from fedma.model.vision import VisionEncoder
+from fedma.spec import DataSpec
+
+
+def stable_seed(*parts: object) -> int:
+    return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:4], "big")
+
+
+def silo_records(data: DataSpec) -> list[Record]:
+    records = read_manifest(data.path)
+    if data.indices is not None:
+        bad = [i for i in data.indices if i >= len(records)]
+        if bad:
+            raise DataError(f"{data.path}: indices {bad[:5]} out of range ({len(records)} records)")
+        records = [records[i] for i in data.indices]
+    return records
+
+
+def round_shard(n: int, seed: int, silo: str, round_index: int, total_rounds: int) -> list[int]:
+    if n < total_rounds:
+        raise DataError(
+            f"silo {silo!r} holds {n} samples, fewer than the {total_rounds} rounds that each "
+            "need a fresh shard"
+        )
+    perm = np.random.default_rng(stable_seed(seed, silo)).permutation(n)
+    return [int(i) for i in np.array_split(perm, total_rounds)[round_index - 1]]
+
+
+def batches(records: Sequence[Record], vision: VisionEncoder, batch_size: int,
+            manifest: str | Path, rank: int = 0, world: int = 1
+            ) -> Iterator[tuple[torch.Tensor, list[str]]]:
+    """Preprocessed pixels and captions, ``batch_size`` samples per step across ``world`` ranks
+    (each rank takes its own slice of every global batch)."""
+    for start in range(0, len(records), batch_size):
+        chunk = list(records[start : start + batch_size])[rank::world]
+        if not chunk:
+            continue
+        pixels = torch.stack([vision.preprocess(load_image(r, manifest)) for r in chunk])
+        yield pixels, [r.caption for r in chunk]

@@ -1,0 +1,119 @@
+"""DeepSpeed engine: ZeRO-3 partitions the frozen backbones across the silo's ranks.
+
+On GPUs this is what lets a silo align a projector for an LLM that does not fit one device:
+every rank holds ``1/world`` of the frozen vision and language weights and gathers each layer
+just in time. Only the projector is given to the optimiser. On CPU (``DS_ACCELERATOR=cpu``,
+gloo) the same code path runs, which is how the tests exercise it for real.
+
+Launch with ``torchrun --nproc_per_node N fedma train-silo ...`` (or the ``deepspeed``
+launcher); without a launcher it runs as a single rank.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from fedma.model.llava import AlignmentModel
+from fedma.spec import TrainingSpec
+
+Progress = Callable[[int, float], None]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def init_distributed() -> tuple[int, int]:
+    """Initialise torch.distributed for DeepSpeed; returns (rank, world size)."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if "RANK" not in os.environ:  # single process without a launcher (e.g. under pytest)
+        os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
+                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())})
+    import deepspeed
+    import deepspeed.comm.torch  # noqa: F401
+
+    # The CPU backend JIT-compiles a shared-memory all-reduce op (~50 s) that only inference
+    # uses; training does not need it.
+    sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None  # type: ignore[attr-defined]
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        deepspeed.init_distributed(dist_backend=backend)
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def ds_config(spec: TrainingSpec, world: int) -> dict[str, Any]:
+    micro = max(1, math.ceil(spec.batch_size / world))
+    return {
+        "train_batch_size": micro * world,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": spec.deepspeed.zero_stage},
+        "bf16": {"enabled": spec.deepspeed.bf16},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def train(model: AlignmentModel, data: Iterable[tuple[torch.Tensor, list[str]]],
+          spec: TrainingSpec, max_steps: int, progress: Progress | None = None
+          ) -> tuple[int, float, dict[str, torch.Tensor], dict[str, Any]]:
+    """Returns (steps, mean loss, gathered projector state, partition report)."""
+    import deepspeed
+
+    rank, world = init_distributed()
+    # A torch optimiser: DeepSpeed's fused Adam would JIT-compile for minutes on CPU.
+    opt = torch.optim.AdamW(model.projector.parameters(), lr=spec.learning_rate,
+                            weight_decay=spec.weight_decay)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds_config(spec, world))
+    engine.train()
+    steps, total = 0, 0.0
+    for pixels, captions in data:
+        if max_steps and steps >= max_steps:
+            break
+        if spec.deepspeed.bf16:
+            pixels = pixels.to(torch.bfloat16)
+        loss = engine(pixels, captions)
+        engine.backward(loss)
+        engine.step()
+        mean = loss.detach().float().clone()
+        torch.distributed.all_reduce(mean)
+        mean /= world
+        if not torch.isfinite(mean):
+            raise FloatingPointError(f"loss became {mean.item()} at step {steps + 1}")
+        steps += 1
+        total += float(mean)
+        if progress and rank == 0:
+            progress(steps, float(mean))
+
+    params = list(model.projector.named_parameters())
+    with deepspeed.zero.GatheredParameters([p for _, p in params], modifier_rank=None):
+        state = {n: p.detach().float().clone() for n, p in params}
+    report = partition_report(model, rank, world)
+    return steps, total / max(steps, 1), state, report
+
+
+def partition_report(model: AlignmentModel, rank: int, world: int) -> dict[str, Any]:
+    """How many frozen-backbone elements each rank holds, gathered on every rank."""
+    local = total = 0
+    for module in (model.vision, model.lm):
+        for p in module.parameters():
+            if hasattr(p, "ds_tensor"):
+                local += p.ds_tensor.numel()
+                total += p.ds_numel
+            else:
+                local += p.numel()
+                total += p.numel()
+    per_rank: list[int] = [0] * world
+    torch.distributed.all_gather_object(per_rank, local)
+    return {"world_size": world, "frozen_elements_total": total,
+            "frozen_elements_per_rank": per_rank}

@@ -1,0 +1,128 @@
+"""``fedma train-silo``: the container contract of a silo's training Job.
+
+Reads the round's input projector (digest-checked), verifies the frozen backbones'
+fingerprints, trains one pass over the silo's shard, writes the update and its manifest, and
+writes a short JSON summary to the Kubernetes termination-message path.
+
+Idempotent: if this silo's update for this round is already committed on the same input
+projector (a Job that crashed after uploading, then retried), it re-reports it and exits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedma.model.fingerprint import fingerprint
+from fedma.model.llava import load_alignment_model
+from fedma.model.projector import load_projector_state, projector_state
+from fedma.spec import FederatedRound
+from fedma.store import ArtifactError, Store, update_rel
+from fedma.train.batches import batches, round_shard, silo_records, stable_seed
+
+log = logging.getLogger("fedma.train")
+TERMINATION_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
+
+
+def write_termination(path: str | None, summary: dict[str, Any]) -> None:
+    if not path:
+        return
+    text = json.dumps(summary, separators=(",", ":"), sort_keys=True)
+    if len(text.encode()) > TERMINATION_LIMIT:
+        keep = {k: summary[k] for k in ("silo", "round", "status", "reason") if k in summary}
+        text = json.dumps(keep, separators=(",", ":"))[:TERMINATION_LIMIT]
+    Path(path).write_text(text)
+
+
+def load_input(store: Store, rnd: FederatedRound) -> tuple[dict[str, torch.Tensor] | None, str]:
+    ref = rnd.spec.input
+    if ref is None:
+        return None, ""
+    return store.get_tensors(store.rel(ref.uri), ref.digest), ref.digest
+
+
+def train_silo(rnd: FederatedRound, silo_name: str, *, termination_log: str | None = None,
+               engine: str | None = None, progress: bool = False) -> dict[str, Any]:
+    spec = rnd.spec
+    silo = next((s for s in spec.silos if s.name == silo_name), None)
+    if silo is None:
+        raise ValueError(f"silo {silo_name!r} is not in the round (silos: "
+                         f"{', '.join(s.name for s in spec.silos)})")
+    engine = engine or spec.training.engine
+    if spec.training.threads:
+        torch.set_num_threads(spec.training.threads)
+    t0 = time.perf_counter()
+    store = Store(spec.artifacts.uri)
+    out_rel = update_rel(spec.training_name, spec.round, silo.name)
+    base = spec.input.digest if spec.input else ""
+    rank = int(os.environ.get("RANK", "0"))
+
+    if rank == 0 and store.committed(out_rel):
+        manifest = store.get_manifest(out_rel)
+        if manifest.get("base_digest") == base:
+            summary = {k: manifest[k] for k in ("samples", "steps", "loss")}
+            summary.update(silo=silo.name, round=spec.round, status="Succeeded",
+                           update={"uri": store.uri(out_rel), "digest": manifest["sha256"]},
+                           reused=True, seconds=round(time.perf_counter() - t0, 3))
+            write_termination(termination_log, summary)
+            return summary
+
+    initial, _ = load_input(store, rnd)
+    model = load_alignment_model(spec.model, projector_seed=spec.training.seed)
+    if initial is not None:
+        load_projector_state(model.projector, initial, source=spec.input.uri)  # type: ignore[union-attr]
+    records = silo_records(silo.data)
+    shard = round_shard(len(records), spec.training.seed, silo.name, spec.round,
+                        spec.total_rounds)
+    chosen = [records[i] for i in shard]
+    torch.manual_seed(stable_seed(spec.training.seed, silo.name, spec.round))
+
+    last_report = [time.perf_counter()]
+
+    def report(step: int, loss: float) -> None:
+        if progress and (time.perf_counter() - last_report[0] > 2 or step == 1):
+            log.info("silo %s round %d step %d loss %.4f", silo.name, spec.round, step, loss)
+            last_report[0] = time.perf_counter()
+
+    partition: dict[str, Any] | None = None
+    if engine == "deepspeed":
+        from fedma.train import deepspeed_engine
+
+        rank, world = deepspeed_engine.init_distributed()
+        data = batches(chosen, model.vision_adapter, spec.training.batch_size, silo.data.path,
+                       rank=rank, world=world)
+        steps, loss, state, partition = deepspeed_engine.train(
+            model, data, spec.training, spec.training.max_steps_per_round, report)
+    else:
+        from fedma.train import torch_engine
+
+        data = batches(chosen, model.vision_adapter, spec.training.batch_size, silo.data.path)
+        steps, loss = torch_engine.train(model, data, spec.training,
+                                         spec.training.max_steps_per_round, report)
+        state = projector_state(model.projector)
+
+    samples = min(len(chosen), steps * spec.training.batch_size)
+    summary: dict[str, Any] = {"silo": silo.name, "round": spec.round, "status": "Succeeded",
+                               "samples": samples, "steps": steps, "loss": round(loss, 6)}
+    if partition is not None:
+        summary["zero"] = partition
+    if rank != 0:
+        return summary
+    fingerprints = {"vision": fingerprint(model.vision), "languageModel": fingerprint(model.lm)}
+    ref = store.put_tensors(out_rel, state, {
+        "kind": "silo-update", "training": spec.training_name, "round": spec.round,
+        "silo": silo.name, "samples": samples, "steps": steps, "loss": loss,
+        "base_digest": base, "fingerprints": fingerprints, "engine": engine,
+    })
+    summary.update(update=ref.as_dict(), seconds=round(time.perf_counter() - t0, 3))
+    write_termination(termination_log, summary)
+    return summary
+
+
+__all__ = ["ArtifactError", "train_silo", "write_termination"]

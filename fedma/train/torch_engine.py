@@ -1,0 +1,37 @@
+"""Plain PyTorch engine: the CPU default and the reference the DeepSpeed engine must match."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+
+from fedma.model.llava import AlignmentModel
+from fedma.spec import TrainingSpec
+
+Progress = Callable[[int, float], None]
+
+
+def train(model: AlignmentModel, data: Iterable[tuple[torch.Tensor, list[str]]],
+          spec: TrainingSpec, max_steps: int, progress: Progress | None = None
+          ) -> tuple[int, float]:
+    """Returns (steps, mean loss). A fresh optimiser per round: optimiser state stays local."""
+    model.train()
+    opt = torch.optim.AdamW(model.projector.parameters(), lr=spec.learning_rate,
+                            weight_decay=spec.weight_decay)
+    steps, total = 0, 0.0
+    for pixels, captions in data:
+        if max_steps and steps >= max_steps:
+            break
+        loss = model(pixels, captions)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {steps + 1}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        steps += 1
+        total += float(loss)
+        if progress:
+            progress(steps, float(loss))
+    model.eval()
+    return steps, total / max(steps, 1)

@@ -19,7 +19,7 @@ from rich.console import Console
 
 from fedma.spec import FederatedRound, FederatedTraining, SpecError, load
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Federated alignment pre-training of multimodal LLM projectors.")
 err = Console(stderr=True)
 

@@ -17,7 +17,8 @@ from fedma.spec import API_VERSION
 
 
 def demo_manifest(out: Path, silos: dict[str, Path], eval_manifest: Path, vision: tuple[Path, str],
-                  lm: tuple[Path, str], rounds: int, batch_size: int) -> dict[str, Any]:
+                  lm: tuple[Path, str], rounds: int, batch_size: int,
+                  learning_rate: float) -> dict[str, Any]:
     return {
         "apiVersion": API_VERSION,
         "kind": "FederatedTraining",
@@ -32,7 +33,7 @@ def demo_manifest(out: Path, silos: dict[str, Path], eval_manifest: Path, vision
                 "maxCaptionTokens": 32,
             },
             "silos": [{"name": name, "data": {"path": str(p)}} for name, p in silos.items()],
-            "training": {"engine": "torch", "batchSize": batch_size, "learningRate": 1e-3},
+            "training": {"engine": "torch", "batchSize": batch_size, "learningRate": learning_rate},
             "aggregation": {"strategy": "fedavg", "minSilos": max(1, len(silos) - 1),
                             "deadlineSeconds": 900, "backoffLimit": 1},
             "artifacts": {"uri": f"file://{(out / 'store').resolve()}"},
@@ -44,7 +45,7 @@ def demo_manifest(out: Path, silos: dict[str, Path], eval_manifest: Path, vision
 
 def prepare_demo(out: Path, n_silos: int = 4, alpha: float = 0.5, rounds: int = 5,
                  n_train: int = 3200, n_eval: int = 200, batch_size: int = 16,
-                 seed: int = 0) -> Path:
+                 learning_rate: float = 5e-3, seed: int = 0) -> Path:
     from fedma.data.demo import build_demo_data
     from fedma.model.bundled import efficientnet_lite0, smollm2_135m
 
@@ -53,7 +54,7 @@ def prepare_demo(out: Path, n_silos: int = 4, alpha: float = 0.5, rounds: int = 
                             n_eval=n_eval, seed=seed)
     eval_manifest = paths.pop("eval")
     manifest = demo_manifest(out, paths, eval_manifest, efficientnet_lite0(), smollm2_135m(),
-                             rounds, batch_size)
+                             rounds, batch_size, learning_rate)
     manifest["spec"]["evaluation"]["maxSamples"] = n_eval
     path = out / "training.yaml"
     path.write_text(yaml.safe_dump(manifest, sort_keys=False))

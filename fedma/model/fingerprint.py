@@ -26,7 +26,7 @@ def fingerprint(module: torch.nn.Module) -> str:
         seen.add(t.data_ptr())
         t = t.detach().cpu().contiguous()
         h.update(f"{name}|{str(t.dtype)}|{tuple(t.shape)}\n".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 

@@ -1,0 +1,110 @@
+import copy
+
+import pytest
+
+from fedma.spec import FederatedRound, FederatedTraining, SpecError, dump, load, parse, round_spec
+
+BASE = {
+    "apiVersion": "fedma.io/v1alpha1",
+    "kind": "FederatedTraining",
+    "metadata": {"name": "t1"},
+    "spec": {
+        "rounds": 3,
+        "model": {"vision": {"path": "/m/v"}, "languageModel": {"path": "/m/lm"}},
+        "silos": [{"name": "a", "data": {"path": "/d/a.jsonl"}},
+                  {"name": "b", "data": {"path": "/d/b.jsonl"}}],
+        "artifacts": {"uri": "s3://bucket/fedma"},
+    },
+}
+
+
+def with_change(path: str, value):
+    obj = copy.deepcopy(BASE)
+    node = obj
+    keys = path.split(".")
+    for k in keys[:-1]:
+        node = node[int(k)] if k.isdigit() else node[k]
+    last = keys[-1]
+    if last.isdigit():
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return obj
+
+
+def error_for(obj) -> str:
+    with pytest.raises(SpecError) as info:
+        parse(obj)
+    return str(info.value)
+
+
+def test_valid_manifest_gets_defaults():
+    t = parse(BASE)
+    assert isinstance(t, FederatedTraining)
+    assert t.spec.training.engine == "torch"
+    assert t.spec.model.projector.type == "mlp2x_gelu"
+    assert t.spec.quorum == 2
+
+
+def test_unknown_field_names_its_path():
+    msg = error_for(with_change("spec.training", {"learnignRate": 0.1}))
+    assert "spec.training.learnignRate: unknown field" in msg
+
+
+def test_type_and_range_errors_name_the_field_and_rule():
+    msg = error_for(with_change("spec.rounds", -1))
+    assert "spec.rounds" in msg and "greater than or equal to 1" in msg
+    msg = error_for(with_change("spec.training", {"batchSize": "many"}))
+    assert "spec.training.batchSize" in msg and "integer" in msg
+
+
+def test_missing_required_field():
+    obj = copy.deepcopy(BASE)
+    del obj["spec"]["silos"][1]["data"]
+    assert "spec.silos[1].data: Field required" in error_for(obj)
+
+
+def test_silo_rules():
+    obj = copy.deepcopy(BASE)
+    obj["spec"]["silos"][1]["name"] = "a"
+    assert "names must be unique, repeated: a" in error_for(obj)
+    obj["spec"]["silos"][1]["name"] = "Bad_Name"
+    assert "spec.silos[1].name" in error_for(obj)
+    obj = with_change("spec.aggregation", {"minSilos": 5})
+    assert "minSilos: 5 exceeds the 2 silos" in error_for(obj)
+
+
+@pytest.mark.parametrize("uri,rule", [("http://evil/x", "scheme 'http' is not allowed"),
+                                      ("file:///data/../etc", "must not contain '..'")])
+def test_artifact_uri_rules(uri, rule):
+    assert rule in error_for(with_change("spec.artifacts", {"uri": uri}))
+
+
+def test_api_version_and_kind_checked():
+    assert "apiVersion: must be 'fedma.io/v1alpha1'" in error_for(
+        with_change("apiVersion", "v1"))
+    assert "kind: must be one of" in error_for(with_change("kind", "Job"))
+
+
+def test_load_reports_yaml_errors_with_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("spec: [unclosed\n")
+    with pytest.raises(SpecError) as info:
+        load(bad)
+    assert str(bad) in str(info.value) and "(yaml)" in str(info.value)
+
+
+def test_round_spec_copies_training_and_roundtrips():
+    t = parse(BASE)
+    r = round_spec(t, 2, None)
+    assert isinstance(r, FederatedRound)
+    assert r.metadata.name == "t1-r0002"
+    assert r.spec.round == 2 and r.spec.total_rounds == 3 and r.spec.training_name == "t1"
+    again = parse(dump(r))
+    assert again == r
+
+
+def test_round_beyond_total_is_refused():
+    r = dump(round_spec(parse(BASE), 1, None))
+    r["spec"]["round"] = 9
+    assert "exceeds totalRounds 3" in error_for(r)

@@ -73,15 +73,19 @@ class AlignmentModel(nn.Module):
     # -- forward ----------------------------------------------------------------------------
     def _hidden(self, features: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Final hidden states at the positions that predict each caption token: [B, T, H]."""
+        h, n_img = self._run(features, batch)
+        # Position i predicts token i+1: the last image position predicts caption token 0.
+        return h[:, n_img - 1 : n_img - 1 + batch.input_ids.shape[1]]
+
+    def _run(self, features: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, int]:
+        """Final hidden states of every position of [image tokens, caption tokens]."""
         proj = self.projector(features.to(self._proj_dtype()))
         emb = self.lm.get_input_embeddings()(batch.input_ids)
         x = torch.cat([proj.to(emb.dtype), emb], dim=1)
         n_img = proj.shape[1]
         mask = torch.cat([torch.ones(batch.attention_mask.shape[0], n_img,
                                      dtype=batch.attention_mask.dtype), batch.attention_mask], 1)
-        h = self.lm.base_model(inputs_embeds=x, attention_mask=mask).last_hidden_state
-        # Position i predicts token i+1: the last image position predicts caption token 0.
-        return h[:, n_img - 1 : n_img - 1 + batch.input_ids.shape[1]]
+        return self.lm.base_model(inputs_embeds=x, attention_mask=mask).last_hidden_state, n_img
 
     def _proj_dtype(self) -> torch.dtype:
         return next(self.projector.parameters()).dtype
@@ -125,8 +129,8 @@ class AlignmentModel(nn.Module):
             batch = self.tokenize(prefixes)
             # Re-tokenising the decoded prefix must give the same tokens for the shortcut to
             # be exact; _single_token_suffixes checked that.
-            h = self._hidden(features, batch)
-            idx = batch.attention_mask.sum(1) - 1
+            h, n_img = self._run(features, batch)
+            idx = n_img + batch.attention_mask.sum(1) - 1  # the last prefix token's position
             h_last = h[torch.arange(h.shape[0]), idx]
             logits = self.lm.get_output_embeddings()(h_last).float()
             lp = torch.log_softmax(logits, -1)

@@ -1,0 +1,101 @@
+import pytest
+import torch
+
+from fedma.model import build_projector, fingerprint, load_alignment_model
+from fedma.model.fingerprint import FingerprintMismatch
+from fedma.model.projector import load_projector_state
+from fedma.spec import ModelSpec
+
+
+def spec(tiny, **vision):
+    return ModelSpec.model_validate({
+        "vision": {"kind": "hf", "path": str(tiny["vision"]), "imageSize": 32, **vision},
+        "languageModel": {"path": str(tiny["lm"]), "fingerprint": tiny["lm_fp"]},
+    })
+
+
+@pytest.fixture(scope="module")
+def model(tiny_models):
+    return load_alignment_model(spec(tiny_models, fingerprint=tiny_models["vision_fp"]))
+
+
+def test_backbones_frozen_and_in_eval_mode(model):
+    model.train()
+    assert not model.vision.training and not model.lm.training and model.projector.training
+    assert all(not p.requires_grad for p in model.vision.parameters())
+    assert all(not p.requires_grad for p in model.lm.parameters())
+    assert all(p.requires_grad for p in model.projector.parameters())
+    model.eval()
+
+
+def test_clip_features_drop_class_token_and_use_chosen_layer(model):
+    px = torch.randn(2, 3, 32, 32)
+    feats = model.image_features(px)
+    assert feats.shape == (2, 16, 32)  # (32/8)^2 patches, no CLS
+    assert not feats.requires_grad
+    last = model.vision_adapter.module(pixel_values=px, output_hidden_states=True).hidden_states
+    assert torch.allclose(feats, last[-2][:, 1:])
+
+
+@pytest.mark.parametrize("kind,n", [("linear", 2), ("mlp2x_gelu", 4)])
+def test_projectors(kind, n):
+    p = build_projector(kind, 32, 48, seed=1)
+    assert len(p.state_dict()) == n
+    assert p(torch.randn(2, 5, 32)).shape == (2, 5, 48)
+    assert all(torch.equal(a, b) for a, b in zip(p.state_dict().values(),
+                                                 build_projector(kind, 32, 48, 1).state_dict()
+                                                 .values(), strict=True))
+
+
+def test_only_projector_receives_gradients_and_loss_ignores_padding(model):
+    feats = model.image_features(torch.randn(2, 3, 32, 32))
+    loss, n = model.loss(feats, ["a red square : the number one", "a blue circle"])
+    assert n == 7 + 3
+    loss.backward()
+    assert all(p.grad is not None for p in model.projector.parameters())
+    assert all(p.grad is None for p in model.lm.parameters())
+    model.projector.zero_grad()
+    # Loss over caption tokens only: equals the mean of per-token NLL from token_logprobs.
+    batch = model.tokenize(["a red square : the number one", "a blue circle"])
+    lp = model.token_logprobs(feats, batch)
+    assert torch.allclose(loss, -lp.sum() / batch.attention_mask.sum(), atol=1e-5)
+
+
+def test_choice_scores_shortcut_matches_full_scoring(model):
+    feats = model.image_features(torch.randn(3, 3, 32, 32))
+    choices = [[f"a red square : the number {w}" for w in ("one", "two", "three")]] * 3
+    fast = model.choice_scores(feats, choices)
+    full = model.token_logprobs(feats.repeat_interleave(3, 0),
+                                model.tokenize([c for cs in choices for c in cs])).sum(1)
+    # The shortcut drops the shared prefix, which shifts every candidate equally.
+    diff = full.view(3, 3) - fast
+    assert torch.allclose(diff, diff[:, :1].expand_as(diff), atol=1e-4)
+    assert torch.equal(fast.argmax(1), full.view(3, 3).argmax(1))
+
+
+def test_fingerprint_detects_any_weight_change(tiny_models):
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(tiny_models["lm"])
+    assert fingerprint(lm) == tiny_models["lm_fp"]
+    with torch.no_grad():
+        next(lm.parameters()).view(-1)[0] += 1e-3
+    assert fingerprint(lm) != tiny_models["lm_fp"]
+
+
+def test_fingerprint_mismatch_refuses_to_load(tiny_models):
+    with pytest.raises(FingerprintMismatch, match=r"model\.vision\.fingerprint: .* refusing"):
+        load_alignment_model(spec(tiny_models, fingerprint="0" * 64))
+
+
+def test_projector_state_checks(model):
+    good = {k: v.clone() for k, v in model.projector.state_dict().items()}
+    bad = dict(good)
+    k = next(iter(bad))
+    bad[k] = torch.full_like(bad[k], float("nan"))
+    with pytest.raises(ValueError, match="non-finite"):
+        load_projector_state(model.projector, bad, "upd")
+    bad[k] = torch.zeros(1)
+    with pytest.raises(ValueError, match="has shape"):
+        load_projector_state(model.projector, bad, "upd")
+    load_projector_state(model.projector, good, "upd")

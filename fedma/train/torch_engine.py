@@ -30,7 +30,7 @@ def train(model: AlignmentModel, data: Iterable[tuple[torch.Tensor, list[str]]],
         loss.backward()
         opt.step()
         steps += 1
-        total += float(loss)
+        total += float(loss.detach())
         if progress:
             progress(steps, float(loss))
     model.eval()

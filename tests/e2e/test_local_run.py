@@ -1,0 +1,111 @@
+"""The local backend end to end: the CLI, subprocess silos and aggregator, resume, failures."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import training_manifest, write_yaml
+
+pytestmark = pytest.mark.e2e
+CLI = [sys.executable, "-m", "fedma.cli"]
+
+
+def env():
+    return {**os.environ, "PYTHONPATH": os.getcwd(), "COLUMNS": "200"}
+
+
+def fedma(*args, timeout=600):
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env(),
+                          timeout=timeout)
+
+
+def test_run_trains_and_reports(tmp_path, tiny_models):
+    manifest = write_yaml(tmp_path / "t.yaml", training_manifest(tmp_path, tiny_models, rounds=2))
+    proc = fedma("run", str(manifest), "--out", str(tmp_path / "out"), "--parallel", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    rows = report["rounds"]
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert all(r["silos"] == 2 for r in rows[1:])
+    assert rows[-1]["heldout_loss"] < rows[0]["heldout_loss"]
+    assert 0.0 <= rows[-1]["retrieval_accuracy"] <= 1.0
+    assert (tmp_path / "out" / "curves.png").stat().st_size > 1000
+    assert (tmp_path / "store" / "tiny" / "round-0002" / "global.safetensors").exists()
+
+
+def test_resume_after_interrupt_keeps_completed_rounds(tmp_path, tiny_models):
+    manifest = write_yaml(tmp_path / "t.yaml",
+                          training_manifest(tmp_path, tiny_models, rounds=3, n=30))
+    out = tmp_path / "out"
+    committed = tmp_path / "store/tiny/round-0001/global.safetensors.manifest.json"
+    proc = subprocess.Popen([*CLI, "run", str(manifest), "--out", str(out)], env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while not committed.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the runner and its silo subprocesses, mid-round 2
+    proc.wait()
+    assert committed.exists(), "round 1 never completed"
+    assert not (tmp_path / "store/tiny/round-0003/global.safetensors.manifest.json").exists()
+    digest = json.loads(committed.read_text())["sha256"]
+
+    again = fedma("run", str(manifest), "--out", str(out))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming" in again.stdout and "rounds 1–1 already complete" in again.stdout
+    assert json.loads(committed.read_text())["sha256"] == digest  # never retrained
+    report = json.loads((out / "report.json").read_text())
+    assert [r["round"] for r in report["rounds"]] == [0, 1, 2, 3]
+
+
+def test_dead_silo_is_excluded_with_reason_and_quorum_carries_the_round(tmp_path, tiny_models):
+    obj = training_manifest(tmp_path, tiny_models, silos=3, rounds=1)
+    obj["spec"]["aggregation"].update(minSilos=2, backoffLimit=1)
+    obj["spec"]["silos"][2]["data"]["path"] = str(tmp_path / "missing" / "data.jsonl")
+    manifest = write_yaml(tmp_path / "t.yaml", obj)
+    proc = fedma("run", str(manifest), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads((tmp_path / "out" / "report.json").read_text())["rounds"][1]
+    assert row["silos"] == 2
+    assert "data manifest not found" in row["excluded"]["silo-3"]
+    assert "(attempt 2 of 2)" in row["excluded"]["silo-3"]
+
+
+def test_quorum_impossible_fails_with_reason(tmp_path, tiny_models):
+    obj = training_manifest(tmp_path, tiny_models, silos=2, rounds=1)
+    obj["spec"]["aggregation"]["backoffLimit"] = 0
+    obj["spec"]["silos"][1]["data"]["path"] = str(tmp_path / "missing.jsonl")
+    proc = fedma("run", str(write_yaml(tmp_path / "t.yaml", obj)), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2
+    assert "quorum impossible" in proc.stderr and "silo-2" in proc.stderr
+
+
+def test_bad_yaml_field_is_a_clear_error(tmp_path, tiny_models):
+    obj = training_manifest(tmp_path, tiny_models)
+    obj["spec"]["training"]["batchSize"] = 0
+    obj["spec"]["aggregation"]["strategy"] = "fedmagic"
+    proc = fedma("run", str(write_yaml(tmp_path / "t.yaml", obj)))
+    assert proc.returncode == 2
+    assert "spec.training.batchSize: Input should be greater than or equal to 1" in proc.stderr
+    assert "spec.aggregation.strategy" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_train_silo_failure_writes_termination_reason(tmp_path, tiny_models):
+    from fedma.spec import dump, parse, round_spec
+
+    obj = training_manifest(tmp_path, tiny_models, silos=1, rounds=1)
+    obj["spec"]["silos"][0]["data"]["path"] = str(tmp_path / "nope.jsonl")
+    rnd = round_spec(parse(obj), 1, None)
+    term = tmp_path / "term.json"
+    proc = fedma("train-silo", "--round", str(write_yaml(tmp_path / "r.yaml", dump(rnd))),
+                 "--silo", "silo-1", "--termination-log", str(term))
+    assert proc.returncode == 2
+    summary = json.loads(Path(term).read_text())
+    assert summary["status"] == "Failed" and "data manifest not found" in summary["reason"]

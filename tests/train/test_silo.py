@@ -1,0 +1,69 @@
+import json
+
+import pytest
+import torch
+
+from fedma.model.fingerprint import FingerprintMismatch
+from fedma.model.projector import build_projector, projector_state
+from fedma.spec import ProjectorRef, parse, round_spec
+from fedma.store import ArtifactError, Store, global_rel
+from fedma.train.batches import round_shard
+from fedma.train.silo import train_silo
+from tests.conftest import training_manifest
+
+
+def first_round(tmp_path, tiny, **kw):
+    training = parse(training_manifest(tmp_path, tiny, **kw))
+    store = Store(training.spec.artifacts.uri)
+    init = build_projector("mlp2x_gelu", 32, 32, seed=0)
+    ref = store.put_tensors(global_rel("tiny", 0), projector_state(init))
+    return round_spec(training, 1, ProjectorRef(**ref.as_dict())), store
+
+
+def test_shards_are_disjoint_one_pass_and_stable():
+    shards = [round_shard(50, 7, "a", r, 5) for r in range(1, 6)]
+    flat = sorted(i for s in shards for i in s)
+    assert flat == list(range(50))
+    assert round_shard(50, 7, "a", 2, 5) == shards[1]
+    assert round_shard(50, 7, "b", 2, 5) != shards[1]
+
+
+def test_train_silo_writes_update_manifest_and_termination(tmp_path, tiny_models):
+    rnd, store = first_round(tmp_path, tiny_models)
+    term = tmp_path / "term.json"
+    summary = train_silo(rnd, "silo-1", termination_log=str(term))
+    assert summary["status"] == "Succeeded" and summary["steps"] == 3  # 12 samples / batch 4
+    assert json.loads(term.read_text())["update"]["digest"] == summary["update"]["digest"]
+    rel = store.rel(summary["update"]["uri"])
+    m = store.get_manifest(rel)
+    assert m["base_digest"] == rnd.spec.input.digest and m["samples"] == 12
+    assert m["fingerprints"]["languageModel"] == tiny_models["lm_fp"]
+    upd = store.get_tensors(rel, summary["update"]["digest"])
+    base = store.get_tensors(store.rel(rnd.spec.input.uri))
+    assert any(not torch.equal(upd[k], base[k]) for k in base)  # the projector learned
+    # A retried Job finds its committed update and re-reports it.
+    again = train_silo(rnd, "silo-1")
+    assert again["reused"] and again["update"] == summary["update"]
+
+
+def test_tampered_input_projector_is_refused(tmp_path, tiny_models):
+    rnd, store = first_round(tmp_path, tiny_models)
+    path = tmp_path / "store" / "tiny" / "round-0000" / "global.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=r"round-0000/global\.safetensors: sha256 mismatch"):
+        train_silo(rnd, "silo-1")
+
+
+def test_fingerprint_mismatch_refuses_to_train(tmp_path, tiny_models):
+    bad = dict(tiny_models, lm_fp="f" * 64)
+    rnd, _ = first_round(tmp_path, bad)
+    with pytest.raises(FingerprintMismatch, match=r"model\.languageModel\.fingerprint"):
+        train_silo(rnd, "silo-1")
+
+
+def test_unknown_silo(tmp_path, tiny_models):
+    rnd, _ = first_round(tmp_path, tiny_models)
+    with pytest.raises(ValueError, match="silo 'nope' is not in the round"):
+        train_silo(rnd, "nope")

@@ -55,7 +55,9 @@ def _offline() -> None:
 
 
 @app.command()
-def validate(manifest: Annotated[Path, typer.Argument(help="FederatedTraining/Round YAML")]) -> None:
+def validate(
+    manifest: Annotated[Path, typer.Argument(help="FederatedTraining/Round YAML")],
+) -> None:
     """Check a manifest against the API types; print the field paths at fault."""
     try:
         obj = load(manifest)
@@ -125,7 +127,8 @@ def train_silo(
     """Job entrypoint: train one silo's projector update for one round."""
     _offline()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    from fedma.train.silo import train_silo as _train, write_termination
+    from fedma.train.silo import train_silo as _train
+    from fedma.train.silo import write_termination
 
     try:
         rnd = _load_kind(round_file, FederatedRound)

@@ -20,8 +20,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-WORDS = ("a the number of shape red green blue circle square bright dark small large "
-         "zero one two three four five six seven eight nine : , .").split()
+WORDS = [
+    "a", "the", "number", "of", "shape", "red", "green", "blue", "circle", "square", "bright",
+    "dark", "small", "large", "zero", "one", "two", "three", "four", "five", "six", "seven",
+    "eight", "nine", ":", ",", ".",
+]
 
 
 def _tokenizer(folder: Path) -> None:

@@ -7,7 +7,8 @@ pixels rather than in the label alone:
 - stroke weight: ink pixels relative to the median of the digit's class → thin / regular / bold;
 - slant: the second-order image moment μ11/μ02 → leaning left / upright / leaning right.
 
-Captions end with the digit's name ("bold strokes, leaning right: the number seven") so that the ten candidate captions of a held-out image differ only in their
+Captions end with the digit's name ("bold strokes, leaning right: the number seven") so
+that the ten candidate captions of a held-out image differ only in their
 last token, and retrieval accuracy is exactly the model's 10-way choice of digit name.
 """
 

@@ -203,7 +203,8 @@ class LocalRunner:
                     else:
                         reason = summary.get("reason") or _tail(att.log_path) or f"exit code {rc}"
                         observed[silo] = SiloObservation(att.attempt, JobState.FAILED, reason)
-                decision = decide(policy, Observation(observed, elapsed_s=time.monotonic() - t_start))
+                elapsed = time.monotonic() - t_start
+                decision = decide(policy, Observation(observed, elapsed_s=elapsed))
                 bar.update(task, completed=len(decision.included),
                            description=f"{len(running)} running")
                 for launch in decision.launch:

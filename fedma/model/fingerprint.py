@@ -25,7 +25,7 @@ def fingerprint(module: torch.nn.Module) -> str:
             continue  # tied weights (embeddings == lm_head) are hashed once
         seen.add(t.data_ptr())
         t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{str(t.dtype)}|{tuple(t.shape)}\n".encode())
+        h.update(f"{name}|{t.dtype!s}|{tuple(t.shape)}\n".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 

@@ -92,7 +92,8 @@ class EfficientNetTower:
         folder = Path(path)
         meta_file = folder / EFFICIENTNET_META
         if not meta_file.exists():
-            raise FileNotFoundError(f"{meta_file}: missing (expected {{'arch': 'efficientnet-lite0'}})")
+            raise FileNotFoundError(
+                f"{meta_file}: missing (expected {{'arch': 'efficientnet-lite0'}})")
         arch = json.loads(meta_file.read_text())["arch"]
         net = EfficientNet.from_name(arch)
         state = load_file(str(folder / "model.safetensors"))

@@ -40,7 +40,7 @@ def init_distributed() -> tuple[int, int]:
         os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
                            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())})
     import deepspeed
-    import deepspeed.comm.torch  # noqa: F401
+    import deepspeed.comm.torch
 
     # The CPU backend JIT-compiles a shared-memory all-reduce op (~50 s) that only inference
     # uses; training does not need it.

@@ -46,5 +46,5 @@ def test_s3_roundtrip_and_tamper_detection(s3_env):
     client = boto3.client("s3", endpoint_url=s3_env)
     client.put_object(Bucket="fedma", Key="runs/t/round-0001/global.safetensors", Body=b"x" * 64)
     fresh = Store("s3://fedma/runs", retries=0)  # no cached listing or bytes
-    with pytest.raises(ArtifactError, match="global.safetensors: sha256 mismatch"):
+    with pytest.raises(ArtifactError, match=r"global\.safetensors: sha256 mismatch"):
         fresh.get_tensors("t/round-0001/global.safetensors", ref.digest)

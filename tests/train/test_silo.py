@@ -47,7 +47,7 @@ def test_train_silo_writes_update_manifest_and_termination(tmp_path, tiny_models
 
 
 def test_tampered_input_projector_is_refused(tmp_path, tiny_models):
-    rnd, store = first_round(tmp_path, tiny_models)
+    rnd, _ = first_round(tmp_path, tiny_models)
     path = tmp_path / "store" / "tiny" / "round-0000" / "global.safetensors"
     data = bytearray(path.read_bytes())
     data[-3] ^= 1

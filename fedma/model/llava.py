@@ -48,6 +48,8 @@ class AlignmentModel(nn.Module):
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "right"  # the hidden-state slicing below assumes it
         self.max_caption_tokens = max_caption_tokens
+        # sha256 of each frozen backbone as loaded (filled by load_alignment_model).
+        self.fingerprints: dict[str, str] = {}
         _freeze(self.vision)
         _freeze(self.lm)
 
@@ -163,15 +165,15 @@ def load_alignment_model(spec: ModelSpec, projector_seed: int = 0,
     vision = load_vision(spec.vision.kind, spec.vision.path, spec.vision.layer,
                          spec.vision.image_size)
     lm, tok = load_language_model(spec.language_model.path, spec.language_model.gguf_file)
+    fingerprints: dict[str, str] = {}
     if check_fingerprints:
         for what, module, expected in (
             ("model.vision", vision.module, spec.vision.fingerprint),
             ("model.languageModel", lm, spec.language_model.fingerprint),
         ):
-            if expected is None:
-                continue
             got = fingerprint(module)
-            if got != expected:
+            fingerprints[what.removeprefix("model.")] = got
+            if expected is not None and got != expected:
                 raise FingerprintMismatch(
                     f"{what}.fingerprint: this silo's backbone hashes to {got[:16]}…, the round "
                     f"expects {expected[:16]}…; refusing to train a projector for a different model"
@@ -179,4 +181,6 @@ def load_alignment_model(spec: ModelSpec, projector_seed: int = 0,
     text_dim = lm.get_input_embeddings().embedding_dim
     projector = build_projector(spec.projector.type, vision.feature_dim, text_dim,
                                 seed=projector_seed)
-    return AlignmentModel(vision, lm, tok, projector, spec.max_caption_tokens)
+    model = AlignmentModel(vision, lm, tok, projector, spec.max_caption_tokens)
+    model.fingerprints = fingerprints
+    return model

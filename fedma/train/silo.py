@@ -114,7 +114,8 @@ def train_silo(rnd: FederatedRound, silo_name: str, *, termination_log: str | No
         summary["zero"] = partition
     if rank != 0:
         return summary
-    fingerprints = {"vision": fingerprint(model.vision), "languageModel": fingerprint(model.lm)}
+    fingerprints = model.fingerprints or {"vision": fingerprint(model.vision),
+                                          "languageModel": fingerprint(model.lm)}
     ref = store.put_tensors(out_rel, state, {
         "kind": "silo-update", "training": spec.training_name, "round": spec.round,
         "silo": silo.name, "samples": samples, "steps": steps, "loss": loss,

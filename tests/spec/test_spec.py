@@ -108,3 +108,10 @@ def test_round_beyond_total_is_refused():
     r = dump(round_spec(parse(BASE), 1, None))
     r["spec"]["round"] = 9
     assert "exceeds totalRounds 3" in error_for(r)
+
+
+def test_shipped_examples_validate():
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).parents[2] / "examples").glob("*.yaml")):
+        assert load(path).kind in {"FederatedTraining", "FederatedRound"}

@@ -33,6 +33,9 @@ class Evaluator:
                                       for r in chunk])
                 feats.append(model.image_features(pixels))
         self.features = torch.cat(feats)
+        ranked = [r for r in self.records if r.choices]
+        # What a model that ignores the image would score, on average.
+        self.chance = sum(1 / len(r.choices) for r in ranked) / len(ranked) if ranked else None
 
     @torch.no_grad()
     def evaluate(self, projector: dict[str, torch.Tensor], source: str = "projector"

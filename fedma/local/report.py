@@ -20,6 +20,10 @@ def plot_curves(report: dict[str, Any], path: Path) -> None:
     a.plot(x, [r["heldout_loss"] for r in rows], marker="o")
     a.set(xlabel="round", ylabel="held-out caption loss", title="Caption loss")
     b.plot(x, [100 * r["retrieval_accuracy"] for r in rows], marker="o", color="tab:green")
+    chance = report.get("retrieval_chance")
+    if chance:
+        b.axhline(100 * chance, ls="--", color="grey", lw=1, label="chance")
+        b.legend(loc="upper left")
     b.set(xlabel="round", ylabel="accuracy (%)", title="Caption retrieval", ylim=(0, 100))
     for ax in (a, b):
         ax.grid(alpha=0.3)

@@ -108,7 +108,24 @@ class LocalRunner:
             plot_curves(report, self.workdir / "curves.png")
 
     # -- rounds -----------------------------------------------------------------------------
+    def _check_spec_unchanged(self) -> None:
+        """Resuming with a different spec would mix runs (other silos, other shards): refuse."""
+        rel = f"{self.training.metadata.name}/training.json"
+        current = dump(self.training)["spec"]
+        if not self.store.exists(rel):
+            self.store.put_json(rel, current)
+            return
+        started = self.store.get_json(rel)
+        if started != current:
+            changed = sorted(k for k in set(started) | set(current)
+                             if started.get(k) != current.get(k))
+            raise RoundFailed(
+                f"spec.{', spec.'.join(changed)} changed since training "
+                f"{self.training.metadata.name!r} started in {self.store.uri('')}; a running "
+                "training's spec is immutable: restore it, or use a new metadata.name")
+
     def _initial(self) -> ProjectorRef:
+        self._check_spec_unchanged()
         rel = global_rel(self.training.metadata.name, 0)
         if not self.store.committed(rel):
             from fedma.model.projector import projector_state
@@ -147,6 +164,8 @@ class LocalRunner:
                     self._print_header()
                 self._print_row(rows[r])
         report["rounds"] = [rows[k] for k in sorted(rows)]
+        if self._evaluator is not None:
+            report["retrieval_chance"] = self._evaluator.chance
         self._save_report(report)
 
         for r in range(start, self.spec.rounds + 1):

@@ -109,3 +109,13 @@ def test_train_silo_failure_writes_termination_reason(tmp_path, tiny_models):
     assert proc.returncode == 2
     summary = json.loads(Path(term).read_text())
     assert summary["status"] == "Failed" and "data manifest not found" in summary["reason"]
+
+
+def test_resume_with_a_changed_spec_is_refused(tmp_path, tiny_models):
+    obj = training_manifest(tmp_path, tiny_models, rounds=1, n=8)
+    manifest = write_yaml(tmp_path / "t.yaml", obj)
+    assert fedma("run", str(manifest), "--out", str(tmp_path / "o")).returncode == 0
+    obj["spec"]["training"]["learningRate"] = 0.5
+    proc = fedma("run", str(write_yaml(tmp_path / "t.yaml", obj)), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2
+    assert "spec.training changed since training 'tiny' started" in proc.stderr

@@ -99,3 +99,24 @@ def test_projector_state_checks(model):
     with pytest.raises(ValueError, match="has shape"):
         load_projector_state(model.projector, bad, "upd")
     load_projector_state(model.projector, good, "upd")
+
+
+def test_siglip_tower_keeps_every_patch_token(tmp_path):
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    from fedma.model.vision import load_vision
+
+    SiglipVisionModel(SiglipVisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        image_size=32, patch_size=8)).save_pretrained(tmp_path / "siglip")
+    tower = load_vision("hf", str(tmp_path / "siglip"), layer=-1, image_size=32)
+    assert not tower.drop_cls and tower.feature_dim == 16
+    with torch.no_grad():
+        assert tower.features(torch.randn(1, 3, 32, 32)).shape == (1, 16, 16)
+
+
+def test_missing_backbone_folder_is_named(tmp_path):
+    from fedma.model.vision import load_vision
+
+    with pytest.raises(FileNotFoundError, match=r"vision tower folder .*nope does not exist"):
+        load_vision("hf", str(tmp_path / "nope"), -2, 224)

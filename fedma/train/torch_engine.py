@@ -32,6 +32,6 @@ def train(model: AlignmentModel, data: Iterable[tuple[torch.Tensor, list[str]]],
         steps += 1
         total += float(loss.detach())
         if progress:
-            progress(steps, float(loss))
+            progress(steps, float(loss.detach()))
     model.eval()
     return steps, total / max(steps, 1)

@@ -15,7 +15,7 @@ def test_demo_learns_with_real_backbones(tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.run(
         [sys.executable, "-m", "fedma.cli", "demo", "--out", str(out), "--rounds", "2",
-         "--train-samples", "512", "--eval-samples", "60"],
+         "--train-samples", "1280", "--eval-samples", "60"],
         capture_output=True, text=True, timeout=900,
         env={**os.environ, "PYTHONPATH": os.getcwd(), "COLUMNS": "200",
              "FEDMA_CACHE": str(tmp_path / "cache")})

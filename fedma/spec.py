@@ -126,6 +126,10 @@ class TrainingSpec(_Model):
     batch_size: int = Field(16, ge=1, le=4096)
     learning_rate: float = Field(1e-3, gt=0, le=10)
     weight_decay: float = Field(0.0, ge=0)
+    # Linear learning-rate warmup at the start of every round's local training. The local
+    # optimiser starts fresh each round (its state never travels), and Adam's first steps move
+    # every weight by about the full learning rate; warmup keeps silos from diverging apart.
+    warmup_steps: int = Field(0, ge=0, le=100_000)
     # Local steps are one pass over the silo's shard for the round; this caps them (0 = no cap).
     max_steps_per_round: int = Field(0, ge=0)
     seed: int = 0

@@ -74,7 +74,11 @@ def train(model: AlignmentModel, data: Iterable[tuple[torch.Tensor, list[str]]],
     # A torch optimiser: DeepSpeed's fused Adam would JIT-compile for minutes on CPU.
     opt = torch.optim.AdamW(model.projector.parameters(), lr=spec.learning_rate,
                             weight_decay=spec.weight_decay)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds_config(spec, world))
+    from fedma.train.torch_engine import warmup
+
+    engine, *_ = deepspeed.initialize(model=model, optimizer=opt,
+                                      lr_scheduler=warmup(opt, spec.warmup_steps),
+                                      config=ds_config(spec, world))
     engine.train()
     steps, total = 0, 0.0
     for pixels, captions in data:

@@ -12,6 +12,12 @@ from fedma.spec import TrainingSpec
 Progress = Callable[[int, float], None]
 
 
+def warmup(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup over ``steps`` optimiser steps, then the constant learning rate."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / (steps + 1)) if steps else 1.0)
+
+
 def train(model: AlignmentModel, data: Iterable[tuple[torch.Tensor, list[str]]],
           spec: TrainingSpec, max_steps: int, progress: Progress | None = None
           ) -> tuple[int, float]:
@@ -19,6 +25,7 @@ def train(model: AlignmentModel, data: Iterable[tuple[torch.Tensor, list[str]]],
     model.train()
     opt = torch.optim.AdamW(model.projector.parameters(), lr=spec.learning_rate,
                             weight_decay=spec.weight_decay)
+    sched = warmup(opt, spec.warmup_steps)
     steps, total = 0, 0.0
     for pixels, captions in data:
         if max_steps and steps >= max_steps:
@@ -29,6 +36,7 @@ def train(model: AlignmentModel, data: Iterable[tuple[torch.Tensor, list[str]]],
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sched.step()
         steps += 1
         total += float(loss.detach())
         if progress:

@@ -67,3 +67,16 @@ def test_unknown_silo(tmp_path, tiny_models):
     rnd, _ = first_round(tmp_path, tiny_models)
     with pytest.raises(ValueError, match="silo 'nope' is not in the round"):
         train_silo(rnd, "nope")
+
+
+def test_warmup_ramps_the_learning_rate():
+    from fedma.train.torch_engine import warmup
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = warmup(opt, 3)
+    lrs = []
+    for _ in range(5):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == [0.25, 0.5, 0.75, 1.0, 1.0]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
 API_VERSION = "fedma.io/v1alpha1"
@@ -57,7 +57,15 @@ def _check_uri(value: str) -> str:
     return value
 
 
+def _check_dns(value: str) -> str:
+    if not _DNS_LABEL.match(value):
+        raise ValueError("must be a DNS label: lowercase letters, digits and '-'")
+    return value
+
+
 Uri = Annotated[str, Field(min_length=1, max_length=1024)]
+StoreUri = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_check_uri)]
+DnsLabel = Annotated[str, Field(min_length=1, max_length=63), AfterValidator(_check_dns)]
 Digest = Annotated[str, Field(pattern=_SHA256)]
 
 
@@ -101,19 +109,12 @@ class DataSpec(_Model):
 
 
 class SiloSpec(_Model):
-    name: str = Field(min_length=1, max_length=40)
+    name: Annotated[DnsLabel, Field(max_length=40)]
     data: DataSpec
     namespace: str | None = None
     # Name of a Secret holding a kubeconfig for the silo's own cluster (operator only).
     kubeconfig_secret: str | None = None
     gpus: int = Field(0, ge=0, le=64)
-
-    @field_validator("name")
-    @classmethod
-    def _dns(cls, v: str) -> str:
-        if not _DNS_LABEL.match(v):
-            raise ValueError("must be a DNS label: lowercase letters, digits and '-'")
-        return v
 
 
 class DeepSpeedSpec(_Model):
@@ -151,14 +152,9 @@ class AggregationSpec(_Model):
 class ArtifactsSpec(_Model):
     """Where rounds live: an fsspec URI root (``file://...`` or ``s3://bucket/prefix``)."""
 
-    uri: Uri
+    uri: StoreUri
     # Name of a Secret with store credentials; credentials never appear in a spec.
     credentials_secret: str | None = None
-
-    @field_validator("uri")
-    @classmethod
-    def _uri(cls, v: str) -> str:
-        return _check_uri(v)
 
 
 class EvaluationSpec(_Model):
@@ -170,13 +166,8 @@ class EvaluationSpec(_Model):
 
 
 class ProjectorRef(_Model):
-    uri: Uri
+    uri: StoreUri
     digest: Digest
-
-    @field_validator("uri")
-    @classmethod
-    def _uri(cls, v: str) -> str:
-        return _check_uri(v)
 
 
 class _CommonSpec(_Model):
@@ -227,15 +218,8 @@ class FederatedRoundSpec(_CommonSpec):
 
 class ObjectMeta(BaseModel):
     model_config = ConfigDict(extra="allow")
-    name: str = Field(min_length=1, max_length=63)
+    name: DnsLabel
     namespace: str | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _dns(cls, v: str) -> str:
-        if not _DNS_LABEL.match(v):
-            raise ValueError("must be a DNS label: lowercase letters, digits and '-'")
-        return v
 
 
 class FederatedTraining(_Model):

@@ -45,7 +45,7 @@ def demo_manifest(out: Path, silos: dict[str, Path], eval_manifest: Path, vision
 
 
 def prepare_demo(out: Path, n_silos: int = 4, alpha: float = 0.5, rounds: int = 5,
-                 n_train: int = 3200, n_eval: int = 200, batch_size: int = 16,
+                 n_train: int = 3200, n_eval: int = 200, batch_size: int = 8,
                  learning_rate: float = 5e-3, seed: int = 0) -> Path:
     from fedma.data.demo import build_demo_data
     from fedma.model.bundled import efficientnet_lite0, smollm2_135m

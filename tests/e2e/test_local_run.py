@@ -119,3 +119,28 @@ def test_resume_with_a_changed_spec_is_refused(tmp_path, tiny_models):
     proc = fedma("run", str(write_yaml(tmp_path / "t.yaml", obj)), "--out", str(tmp_path / "o"))
     assert proc.returncode == 2
     assert "spec.training changed since training 'tiny' started" in proc.stderr
+
+
+@pytest.mark.s3
+def test_run_over_s3_store(tmp_path, tiny_models, s3_env):
+    import boto3
+
+    obj = training_manifest(tmp_path, tiny_models, rounds=1, n=8,
+                            store_uri="s3://fedma/e2e-run")
+    proc = fedma("run", str(write_yaml(tmp_path / "t.yaml", obj)), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    keys = {o["Key"] for o in boto3.client("s3", endpoint_url=s3_env).list_objects_v2(
+        Bucket="fedma", Prefix="e2e-run/")["Contents"]}
+    assert {"e2e-run/tiny/round-0001/global.safetensors",
+            "e2e-run/tiny/round-0001/silos/silo-2/update.safetensors.manifest.json"} <= keys
+    assert not (tmp_path / "store").exists()  # nothing went to local disk instead
+
+
+def test_stragglers_past_the_deadline_fail_the_round_cleanly(tmp_path, tiny_models):
+    obj = training_manifest(tmp_path, tiny_models, rounds=1)
+    obj["spec"]["aggregation"]["deadlineSeconds"] = 1  # silo processes need longer to start
+    proc = fedma("run", str(write_yaml(tmp_path / "t.yaml", obj)), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2
+    assert "quorum impossible" in proc.stderr
+    assert "silo-1: missed the round's deadline (straggler)" in proc.stderr
+    assert not (tmp_path / "store/tiny/round-0001/global.safetensors").exists()

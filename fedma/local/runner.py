@@ -196,53 +196,62 @@ class LocalRunner:
         observed: dict[str, SiloObservation] = {s: SiloObservation() for s in policy.silos}
         summaries: dict[str, dict[str, Any]] = {}
         t_start = time.monotonic()
-        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads),
-               "FEDMA_THREADS": str(self.threads)}
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads)}
 
-        with Progress(TextColumn("round {task.fields[r]}"), BarColumn(),
-                      TextColumn("{task.completed}/{task.total} silos · {task.description}"),
-                      TimeElapsedColumn(), console=self.console, transient=True) as bar:
-            task = bar.add_task("training", total=len(policy.silos), r=spec.round)
-            while True:
-                # Observe finished attempts.
-                for silo, att in list(running.items()):
-                    rc = att.proc.poll()
-                    if rc is None:
-                        continue
-                    del running[silo]
+        try:
+            with Progress(TextColumn("round {task.fields[r]}"), BarColumn(),
+                          TextColumn("{task.completed}/{task.total} silos · {task.description}"),
+                          TimeElapsedColumn(), console=self.console, transient=True) as bar:
+                task = bar.add_task("training", total=len(policy.silos), r=spec.round)
+                while True:
+                    self._observe(running, observed, summaries)
+                    elapsed = time.monotonic() - t_start
+                    decision = decide(policy, Observation(observed, elapsed_s=elapsed))
+                    bar.update(task, completed=len(decision.included),
+                               description=f"{len(running)} running")
+                    for launch in decision.launch:
+                        if len(running) >= self.parallel:
+                            break
+                        running[launch.silo] = self._launch_silo(round_file, rdir, launch.silo,
+                                                                 launch.attempt, env)
+                        observed[launch.silo] = SiloObservation(launch.attempt, JobState.ACTIVE)
+                    if decision.phase == RoundPhase.FAILED:
+                        self._stop(running)
+                        raise RoundFailed(f"round {spec.round}: {decision.message}")
+                    if decision.aggregate is not None:
+                        self._stop(running)  # stragglers past the deadline
+                        bar.update(task, description="aggregating")
+                        included = decision.aggregate.included
+                        accepted = {s: summaries[s] for s in included}
+                        result = self._aggregate(round_file, rdir, accepted)
+                        result["excluded"] = {**decision.reasons, **result.get("rejected", {})}
+                        return result
+                    time.sleep(0.1)
+        finally:
+            # Whatever ends the round (success, failure, Ctrl-C), no silo process outlives it.
+            self._stop(running)
+
+    @staticmethod
+    def _observe(running: dict[str, _Attempt], observed: dict[str, SiloObservation],
+                 summaries: dict[str, dict[str, Any]]) -> None:
+        """Turn finished silo processes into observations (their summary or failure reason)."""
+        for silo, att in list(running.items()):
+            rc = att.proc.poll()
+            if rc is None:
+                continue
+            del running[silo]
+            summary: dict[str, Any] = {}
+            if att.summary_path.exists():
+                try:
+                    summary = json.loads(att.summary_path.read_text())
+                except json.JSONDecodeError:
                     summary = {}
-                    if att.summary_path.exists():
-                        try:
-                            summary = json.loads(att.summary_path.read_text())
-                        except json.JSONDecodeError:
-                            summary = {}
-                    if rc == 0 and summary.get("status") == "Succeeded":
-                        summaries[silo] = summary
-                        observed[silo] = SiloObservation(att.attempt, JobState.SUCCEEDED)
-                    else:
-                        reason = summary.get("reason") or _tail(att.log_path) or f"exit code {rc}"
-                        observed[silo] = SiloObservation(att.attempt, JobState.FAILED, reason)
-                elapsed = time.monotonic() - t_start
-                decision = decide(policy, Observation(observed, elapsed_s=elapsed))
-                bar.update(task, completed=len(decision.included),
-                           description=f"{len(running)} running")
-                for launch in decision.launch:
-                    if len(running) >= self.parallel:
-                        break
-                    running[launch.silo] = self._launch_silo(round_file, rdir, launch.silo,
-                                                             launch.attempt, env)
-                    observed[launch.silo] = SiloObservation(launch.attempt, JobState.ACTIVE)
-                if decision.phase == RoundPhase.FAILED:
-                    self._stop(running)
-                    raise RoundFailed(f"round {spec.round}: {decision.message}")
-                if decision.aggregate is not None:
-                    self._stop(running)  # stragglers past the deadline
-                    bar.update(task, description="aggregating")
-                    included = decision.aggregate.included
-                    result = self._aggregate(round_file, rdir, {s: summaries[s] for s in included})
-                    result["excluded"] = {**decision.reasons, **result.get("rejected", {})}
-                    return result
-                time.sleep(0.1)
+            if rc == 0 and summary.get("status") == "Succeeded":
+                summaries[silo] = summary
+                observed[silo] = SiloObservation(att.attempt, JobState.SUCCEEDED)
+            else:
+                reason = summary.get("reason") or _tail(att.log_path) or f"exit code {rc}"
+                observed[silo] = SiloObservation(att.attempt, JobState.FAILED, reason)
 
     def _launch_silo(self, round_file: Path, rdir: Path, silo: str, attempt: int,
                      env: dict[str, str]) -> _Attempt:

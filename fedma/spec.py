@@ -138,15 +138,29 @@ class TrainingSpec(_Model):
     deepspeed: DeepSpeedSpec = DeepSpeedSpec()
 
 
+class RobustSpec(_Model):
+    """How silo deltas are combined before the server step (defends against broken or hostile
+    silos); ``mean`` is the sample-weighted mean."""
+
+    rule: Literal["mean", "median", "trimmed_mean", "multi_krum"] = "mean"
+    trim_fraction: float = Field(0.1, ge=0, lt=0.5)
+    # Multi-Krum: assumed number of bad silos f (needs at least 2f + 3 updates).
+    byzantine: int = Field(1, ge=0)
+    # Scale each silo delta down to this L2 norm before combining (0 = off).
+    clip_norm: float = Field(0.0, ge=0)
+
+
 class AggregationSpec(_Model):
-    strategy: Literal["fedavg"] = "fedavg"
+    strategy: Literal["fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi"] = "fedavg"
     # Quorum: fewest accepted silo updates an aggregation may use (0 = all silos).
     min_silos: int = Field(0, ge=0)
     # Seconds a round waits for stragglers once quorum is met.
     deadline_seconds: int = Field(3600, ge=1, le=7 * 24 * 3600)
     # Attempts per silo Job before the silo is excluded from the round.
     backoff_limit: int = Field(1, ge=0, le=20)
+    # Strategy knobs: server_lr (all), beta1 (momentum/adaptive), beta2, tau (adaptive).
     options: dict[str, float] = Field(default_factory=dict)
+    robust: RobustSpec = RobustSpec()
 
 
 class ArtifactsSpec(_Model):

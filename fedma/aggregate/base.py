@@ -41,10 +41,17 @@ class Strategy(Protocol):
                   server_state: Tensors) -> AggregateResult: ...
 
 
-def get_strategy(name: str, options: dict[str, float] | None = None) -> Strategy:
-    from fedma.aggregate.fedavg import FedAvg
+STRATEGIES = ("fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi")
 
-    registry: dict[str, type] = {"fedavg": FedAvg}
+
+def get_strategy(name: str, options: dict[str, float] | None = None,
+                 robust: dict[str, Any] | None = None) -> Strategy:
+    from fedma.aggregate.fedadaptive import FedAdagrad, FedAdam, FedYogi
+    from fedma.aggregate.fedavg import FedAvg
+    from fedma.aggregate.fedavgm import FedAvgM
+
+    registry: dict[str, type] = {"fedavg": FedAvg, "fedavgm": FedAvgM, "fedadagrad": FedAdagrad,
+                                 "fedadam": FedAdam, "fedyogi": FedYogi}
     if name not in registry:
         raise ValueError(f"aggregation.strategy {name!r} is not one of {sorted(registry)}")
-    return registry[name](**(options or {}))
+    return registry[name](robust=robust, **(options or {}))

@@ -73,7 +73,8 @@ def aggregate_round(rnd: FederatedRound, included: dict[str, str | None],
         raise AggregationError(
             f"{len(updates)} valid updates, quorum is {spec.quorum} (rejected: {detail or 'none'})"
         )
-    strategy = get_strategy(spec.aggregation.strategy, spec.aggregation.options)
+    strategy = get_strategy(spec.aggregation.strategy, spec.aggregation.options,
+                            spec.aggregation.robust.model_dump())
     result = strategy.aggregate(base, updates, state)
     state_ref = None
     if result.server_state:

@@ -21,8 +21,8 @@ def test_fedavg_is_sample_weighted_and_order_independent():
 
 
 def test_unknown_strategy():
-    with pytest.raises(ValueError, match="'fedyogi' is not one of"):
-        get_strategy("fedyogi")
+    with pytest.raises(ValueError, match="'fedmagic' is not one of"):
+        get_strategy("fedmagic")
 
 
 def test_validation_reasons():

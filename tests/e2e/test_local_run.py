@@ -144,3 +144,17 @@ def test_stragglers_past_the_deadline_fail_the_round_cleanly(tmp_path, tiny_mode
     assert "quorum impossible" in proc.stderr
     assert "silo-1: missed the round's deadline (straggler)" in proc.stderr
     assert not (tmp_path / "store/tiny/round-0001/global.safetensors").exists()
+
+
+def test_server_optimizer_state_flows_between_rounds(tmp_path, tiny_models):
+    import yaml
+
+    obj = training_manifest(tmp_path, tiny_models, rounds=2, n=8)
+    obj["spec"]["aggregation"].update(strategy="fedadam", options={"server_lr": 0.05})
+    proc = fedma("run", str(write_yaml(tmp_path / "t.yaml", obj)), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state1 = json.loads((tmp_path / "store/tiny/round-0001/server-state.safetensors"
+                         ".manifest.json").read_text())
+    round2 = yaml.safe_load((tmp_path / "o/rounds/round-0002/round.yaml").read_text())
+    assert round2["spec"]["serverState"]["digest"] == state1["sha256"]
+    assert (tmp_path / "store/tiny/round-0002/server-state.safetensors").exists()

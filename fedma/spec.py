@@ -131,11 +131,22 @@ class TrainingSpec(_Model):
     # optimiser starts fresh each round (its state never travels), and Adam's first steps move
     # every weight by about the full learning rate; warmup keeps silos from diverging apart.
     warmup_steps: int = Field(0, ge=0, le=100_000)
+    # FedProx (Li et al., 2020): adds mu/2 * ||w - w_global||^2 to the local loss, pulling each
+    # silo's projector towards the round's global one on heterogeneous data (0 = off).
+    proximal_mu: float = Field(0.0, ge=0)
     # Local steps are one pass over the silo's shard for the round; this caps them (0 = no cap).
     max_steps_per_round: int = Field(0, ge=0)
     seed: int = 0
     threads: int = Field(0, ge=0, le=512)
     deepspeed: DeepSpeedSpec = DeepSpeedSpec()
+
+    @model_validator(mode="after")
+    def _prox_engine(self) -> TrainingSpec:
+        if self.proximal_mu > 0 and self.engine == "deepspeed" and self.deepspeed.zero_stage == 3:
+            raise ValueError(
+                "training.proximalMu: not supported with deepspeed.zeroStage 3 (the projector's "
+                "weights are partitioned outside its forward); use zeroStage 0-2 for FedProx")
+        return self
 
 
 class RobustSpec(_Model):

@@ -50,6 +50,8 @@ class AlignmentModel(nn.Module):
         self.max_caption_tokens = max_caption_tokens
         # sha256 of each frozen backbone as loaded (filled by load_alignment_model).
         self.fingerprints: dict[str, str] = {}
+        self.prox_mu = 0.0
+        self.prox_ref: dict[str, torch.Tensor] = {}
         _freeze(self.vision)
         _freeze(self.lm)
 
@@ -109,9 +111,19 @@ class AlignmentModel(nn.Module):
                                ignore_index=-100)
         return loss, int(batch.attention_mask.sum())
 
+    def set_proximal(self, mu: float) -> None:
+        """FedProx: from now on, penalise distance from the projector's current weights."""
+        self.prox_mu = mu
+        self.prox_ref = {n: p.detach().clone() for n, p in self.projector.named_parameters()}
+
     def forward(self, pixels: torch.Tensor, captions: list[str]) -> torch.Tensor:
         """Training loss for a batch of images and captions (what an engine calls)."""
-        return self.loss(self.image_features(pixels), captions)[0]
+        loss = self.loss(self.image_features(pixels), captions)[0]
+        if self.prox_mu > 0:
+            prox = sum((p - self.prox_ref[n]).pow(2).sum()
+                       for n, p in self.projector.named_parameters())
+            loss = loss + 0.5 * self.prox_mu * prox
+        return loss
 
     @torch.no_grad()
     def choice_scores(self, features: torch.Tensor, choices: list[list[str]]) -> torch.Tensor:

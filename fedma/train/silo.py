@@ -77,6 +77,8 @@ def train_silo(rnd: FederatedRound, silo_name: str, *, termination_log: str | No
     model = load_alignment_model(spec.model, projector_seed=spec.training.seed)
     if initial is not None:
         load_projector_state(model.projector, initial, source=spec.input.uri)  # type: ignore[union-attr]
+    if spec.training.proximal_mu > 0:
+        model.set_proximal(spec.training.proximal_mu)
     records = silo_records(silo.data)
     shard = round_shard(len(records), spec.training.seed, silo.name, spec.round,
                         spec.total_rounds)

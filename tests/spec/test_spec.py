@@ -115,3 +115,8 @@ def test_shipped_examples_validate():
 
     for path in sorted((Path(__file__).parents[2] / "examples").glob("*.yaml")):
         assert load(path).kind in {"FederatedTraining", "FederatedRound"}
+
+
+def test_fedprox_with_zero3_is_refused_naming_the_field():
+    msg = error_for(with_change("spec.training", {"engine": "deepspeed", "proximalMu": 0.1}))
+    assert "spec.training: training.proximalMu: not supported with deepspeed.zeroStage 3" in msg

@@ -80,3 +80,15 @@ def test_warmup_ramps_the_learning_rate():
         opt.step()
         sched.step()
     assert lrs == [0.25, 0.5, 0.75, 1.0, 1.0]
+
+
+def test_fedprox_keeps_the_update_closer_to_the_global_projector(tmp_path, tiny_models):
+    def distance(mu: float, sub: str) -> float:
+        rnd, store = first_round(tmp_path / sub, tiny_models, proximalMu=mu, learningRate=0.05)
+        s = train_silo(rnd, "silo-1")
+        upd = store.get_tensors(store.rel(s["update"]["uri"]), s["update"]["digest"])
+        base = store.get_tensors(store.rel(rnd.spec.input.uri))
+        return sum(float((upd[k] - base[k]).pow(2).sum()) for k in base) ** 0.5
+
+    assert distance(1000.0, "prox") < 0.5 * distance(0.0, "plain")
+

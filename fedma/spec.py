@@ -162,7 +162,8 @@ class RobustSpec(_Model):
 
 
 class AggregationSpec(_Model):
-    strategy: Literal["fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi"] = "fedavg"
+    strategy: Literal["fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "fedcmp"] = (
+        "fedavg")
     # Quorum: fewest accepted silo updates an aggregation may use (0 = all silos).
     min_silos: int = Field(0, ge=0)
     # Seconds a round waits for stragglers once quorum is met.

@@ -41,7 +41,7 @@ class Strategy(Protocol):
                   server_state: Tensors) -> AggregateResult: ...
 
 
-STRATEGIES = ("fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi")
+STRATEGIES = ("fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "fedcmp")
 
 
 def get_strategy(name: str, options: dict[str, float] | None = None,
@@ -49,9 +49,10 @@ def get_strategy(name: str, options: dict[str, float] | None = None,
     from fedma.aggregate.fedadaptive import FedAdagrad, FedAdam, FedYogi
     from fedma.aggregate.fedavg import FedAvg
     from fedma.aggregate.fedavgm import FedAvgM
+    from fedma.aggregate.fedcmp import FedCMP
 
     registry: dict[str, type] = {"fedavg": FedAvg, "fedavgm": FedAvgM, "fedadagrad": FedAdagrad,
-                                 "fedadam": FedAdam, "fedyogi": FedYogi}
+                                 "fedadam": FedAdam, "fedyogi": FedYogi, "fedcmp": FedCMP}
     if name not in registry:
         raise ValueError(f"aggregation.strategy {name!r} is not one of {sorted(registry)}")
     return registry[name](robust=robust, **(options or {}))

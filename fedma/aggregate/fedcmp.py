@@ -1,0 +1,172 @@
+"""Fed-CMP: canonical reliability-aware aggregation with orthogonality-preserved momentum.
+
+RECONSTRUCTION. Fed-CMP is proposed in "A Step Toward Federated Pretraining of Multimodal Large
+Language Models" (arXiv 2603.26786, 2026). Only its abstract is public to us; it names two parts,
+(a) canonical reliability-aware aggregation — a canonical space that decomposes the client
+projectors into a shared alignment basis plus client-specific coefficients, fused with
+reliability weights — and (b) orthogonality-preserved momentum — server momentum applied to the
+shared basis through an orthogonal projection. The formulas below are ours, written to match
+that description; docs/fedcmp.md states them for checking against the paper.
+
+Per 2-D weight tensor (out × in), with silo deltas Δᵢ = wᵢ − x, sample shares pᵢ = nᵢ / Σn:
+
+1. Canonical space: U (out × r) = top-r left singular vectors of [√p₁·Δ₁ | … | √p_K·Δ_K].
+   r is the smallest rank keeping ``energy`` of the squared Frobenius norm, capped at
+   ``max_rank`` (or fixed by ``rank``). Small matrices use an exact SVD; large ones a seeded
+   randomized SVD (Halko et al.), so a 4096 × 4096 layer with 16+ silos stays fast.
+2. Coefficients: Cᵢ = Uᵀ Δᵢ (r × in), one row per shared direction; residual Rᵢ = Δᵢ − U Cᵢ.
+3. Reliability: agreement aᵢⱼ = Σ_{k≠i} pₖ·cos(Cᵢⱼ, Cₖⱼ) / Σ_{k≠i} pₖ (silo i against the
+   others, row j); wᵢⱼ = pᵢ·exp(aᵢⱼ / T) / Σₖ pₖ·exp(aₖⱼ / T). A silo that pulls against the
+   others on a direction loses weight on that direction only (interference-aware).
+4. Fusion: C*ⱼ = Σᵢ wᵢⱼ Cᵢⱼ; D = U C* (+ Σᵢ pᵢ Rᵢ when ``keep_residual``).
+5. Orthogonality-preserved momentum: M ← β · U (Uᵀ M) + D; x ← x + η · M. History is projected
+   onto the current shared basis, so it accumulates inside the alignment subspace and what
+   left it is dropped instead of oscillating against it.
+
+Vectors (biases) and other non-2-D tensors: sample-weighted mean, x ← x + η · Σ pᵢ Δᵢ.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from fedma.aggregate.base import AggregateResult, SiloUpdate, Tensors
+from fedma.aggregate.robust import combine
+from fedma.aggregate.server_opt import ServerOptimizer, _get
+
+EXACT_SVD_MAX = 1024  # below this smaller side, a full SVD is cheap and exact
+
+
+class FedCMP(ServerOptimizer):
+    name = "fedcmp"
+    defaults: ClassVar[dict[str, float]] = {
+        "server_lr": 1.0,  # η
+        "beta": 0.5,  # β, momentum on the shared basis
+        "energy": 0.9,  # fraction of squared Frobenius norm the basis keeps
+        "rank": 0,  # fixed rank (0 = chosen by energy)
+        "max_rank": 32,  # cap on r (and the randomized SVD's target)
+        "temperature": 0.5,  # T in the reliability softmax
+        "keep_residual": 1,  # 1: add the weighted mean of what lies outside the basis
+        "seed": 0,  # randomized SVD seed (determinism)
+    }
+
+    def __init__(self, robust: dict[str, Any] | None = None, **options: float):
+        super().__init__(robust=robust, **options)
+        rule = self.robust.get("rule", "mean")
+        if rule != "mean":
+            raise ValueError(f"aggregation.robust.rule {rule!r}: fedcmp does its own fusion; "
+                             "only clipNorm composes with it")
+        o = self.opts
+        if not 0 < o["energy"] <= 1:
+            raise ValueError("aggregation.options.energy must be in (0, 1]")
+        if o["temperature"] <= 0:
+            raise ValueError("aggregation.options.temperature must be > 0")
+        if not 0 <= o["beta"] < 1:
+            raise ValueError("aggregation.options.beta must be in [0, 1)")
+        if o["max_rank"] < 1 or o["rank"] < 0:
+            raise ValueError("aggregation.options.max_rank must be >= 1 and rank >= 0")
+
+    def aggregate(self, base: Tensors, updates: list[SiloUpdate],
+                  server_state: Tensors) -> AggregateResult:
+        if not updates:
+            raise ValueError("fedcmp needs at least one update")
+        ordered = sorted(updates, key=lambda u: u.silo)
+        total = sum(u.samples for u in ordered)
+        if total <= 0:
+            raise ValueError("fedcmp needs updates with a positive sample count")
+        names = [u.silo for u in ordered]
+        shares = torch.tensor([u.samples / total for u in ordered], dtype=torch.float64)
+        clip = {"rule": "mean", "clip_norm": self.robust.get("clip_norm", 0.0)}
+        deltas = {u.silo: u.delta(base) for u in ordered}
+        notes: dict[str, str] = {}
+        if clip["clip_norm"]:
+            # Reuse the robust module's clipping (and its notes) on each delta.
+            for n in names:
+                one = combine({n: deltas[n]}, {n: 1}, **clip)
+                deltas[n] = one.delta
+                notes.update(one.notes)
+        state = {k: v.double() for k, v in server_state.items()}
+        new: Tensors = {}
+        weight_sum = torch.zeros(len(names), dtype=torch.float64)
+        ranks: dict[str, int] = {}
+        for key, x in base.items():
+            stack = torch.stack([deltas[n][key] for n in names])  # K × shape
+            if x.dim() != 2:
+                step = torch.einsum("k,k...->...", shares, stack)
+                new[key] = (x.double() + self.opts["server_lr"] * step).to(x.dtype)
+                continue
+            d, w, u = self._fuse(stack, shares)
+            ranks[key] = u.shape[1]
+            weight_sum += w.mean(dim=1)
+            m = _get(state, f"m.{key}", d)
+            m.copy_(self.opts["beta"] * (u @ (u.T @ m)) + d)
+            new[key] = (x.double() + self.opts["server_lr"] * m).to(x.dtype)
+        n_mat = max(len(ranks), 1)
+        report = {}
+        for i, n in enumerate(names):
+            entry: dict[str, Any] = {"weight": float(shares[i]), "samples": ordered[i].samples,
+                                     "reliability": float(weight_sum[i] / n_mat)}
+            if n in notes:
+                entry["note"] = notes[n]
+            report[n] = entry
+        report["_fedcmp"] = {"ranks": ranks}
+        return AggregateResult(new, {k: v.float() for k, v in state.items()}, report)
+
+    # -- the canonical space ----------------------------------------------------------------
+    def _basis(self, stack: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
+        k, out, inp = stack.shape
+        a = (stack * shares.sqrt()[:, None, None]).permute(1, 0, 2).reshape(out, k * inp)
+        total = float(a.pow(2).sum())
+        cap = int(min(self.opts["max_rank"], out, k * inp))
+        if total == 0.0:
+            return torch.zeros(out, 0, dtype=torch.float64)
+        if min(a.shape) <= EXACT_SVD_MAX:
+            u, s, _ = torch.linalg.svd(a, full_matrices=False)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(self.opts["seed"]))
+                q = min(cap + 8, min(a.shape))
+                u, s, _ = torch.svd_lowrank(a.float(), q=q, niter=2)
+            u, s = u.double(), s.double()
+        if self.opts["rank"]:
+            r = int(min(self.opts["rank"], cap))
+        else:
+            kept = torch.cumsum(s.pow(2), 0) / total
+            r = int(torch.searchsorted(kept, torch.tensor(self.opts["energy"] - 1e-12,
+                                                          dtype=kept.dtype)).item()) + 1
+            r = max(1, min(r, cap, s.numel()))
+        return u[:, :r]
+
+    @staticmethod
+    def _agreement(coeff: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
+        """aᵢⱼ: share-weighted mean cosine between silo i's and the *other* silos' coefficient
+        rows on direction j (K × r). Leaving i out matters: a large hostile silo cannot pull
+        the consensus it is judged against, and opposite pulls do not cancel into a zero
+        consensus that makes every silo look equally reliable."""
+        k = coeff.shape[0]
+        if k == 1:
+            return torch.ones(1, coeff.shape[1], dtype=coeff.dtype)
+        unit = coeff / coeff.norm(dim=2, keepdim=True).clamp_min(1e-12)
+        cos = torch.einsum("kri,lri->rkl", unit, unit)  # r × K × K
+        weighted = torch.einsum("rkl,l->rk", cos, shares) - shares * cos.diagonal(dim1=1, dim2=2)
+        return (weighted / (1 - shares)).T  # K × r
+
+    def _fuse(self, stack: torch.Tensor, shares: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (fused delta D, reliability weights K × r, basis U)."""
+        u = self._basis(stack, shares)
+        r = u.shape[1]
+        coeff = torch.einsum("or,koi->kri", u, stack)  # K × r × in
+        agree = self._agreement(coeff, shares)
+        logits = shares.log()[:, None] + agree / self.opts["temperature"]
+        w = torch.softmax(logits, dim=0)  # K × r, sums to 1 over silos
+        fused = torch.einsum("kr,kri->ri", w, coeff)
+        d = u @ fused
+        if self.opts["keep_residual"]:
+            resid = stack - torch.einsum("or,kri->koi", u, coeff)
+            d = d + torch.einsum("k,koi->oi", shares, resid)
+        if r == 0:  # every delta is zero: nothing to weigh
+            w = shares[:, None].clone()
+        return d, w, u

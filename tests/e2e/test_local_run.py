@@ -146,11 +146,12 @@ def test_stragglers_past_the_deadline_fail_the_round_cleanly(tmp_path, tiny_mode
     assert not (tmp_path / "store/tiny/round-0001/global.safetensors").exists()
 
 
-def test_server_optimizer_state_flows_between_rounds(tmp_path, tiny_models):
+@pytest.mark.parametrize("strategy", ["fedadam", "fedcmp"])
+def test_server_state_flows_between_rounds(tmp_path, tiny_models, strategy):
     import yaml
 
     obj = training_manifest(tmp_path, tiny_models, rounds=2, n=8)
-    obj["spec"]["aggregation"].update(strategy="fedadam", options={"server_lr": 0.05})
+    obj["spec"]["aggregation"].update(strategy=strategy, options={"server_lr": 0.5})
     proc = fedma("run", str(write_yaml(tmp_path / "t.yaml", obj)), "--out", str(tmp_path / "o"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     state1 = json.loads((tmp_path / "store/tiny/round-0001/server-state.safetensors"

@@ -161,6 +161,21 @@ class RobustSpec(_Model):
     clip_norm: float = Field(0.0, ge=0)
 
 
+class PrivacySpec(_Model):
+    """Central differential privacy over silos (DP-FedAvg): clip, average, add Gaussian noise;
+    the (ε, δ) budget is tracked across rounds. Off while noiseMultiplier is 0."""
+
+    noise_multiplier: float = Field(0.0, ge=0, le=100)
+    clip_norm: float = Field(0.0, ge=0)
+    delta: float = Field(1e-5, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _clip_needed(self) -> PrivacySpec:
+        if self.noise_multiplier > 0 and self.clip_norm <= 0:
+            raise ValueError("privacy.clipNorm must be > 0 when noiseMultiplier is set")
+        return self
+
+
 class AggregationSpec(_Model):
     strategy: Literal["fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "fedcmp"] = (
         "fedavg")
@@ -173,6 +188,7 @@ class AggregationSpec(_Model):
     # Strategy knobs: server_lr (all), beta1 (momentum/adaptive), beta2, tau (adaptive).
     options: dict[str, float] = Field(default_factory=dict)
     robust: RobustSpec = RobustSpec()
+    privacy: PrivacySpec = PrivacySpec()
 
 
 class ArtifactsSpec(_Model):

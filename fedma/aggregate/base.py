@@ -45,7 +45,8 @@ STRATEGIES = ("fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "fedcmp")
 
 
 def get_strategy(name: str, options: dict[str, float] | None = None,
-                 robust: dict[str, Any] | None = None) -> Strategy:
+                 robust: dict[str, Any] | None = None,
+                 privacy: dict[str, Any] | None = None) -> Strategy:
     from fedma.aggregate.fedadaptive import FedAdagrad, FedAdam, FedYogi
     from fedma.aggregate.fedavg import FedAvg
     from fedma.aggregate.fedavgm import FedAvgM
@@ -55,4 +56,4 @@ def get_strategy(name: str, options: dict[str, float] | None = None,
                                  "fedadam": FedAdam, "fedyogi": FedYogi, "fedcmp": FedCMP}
     if name not in registry:
         raise ValueError(f"aggregation.strategy {name!r} is not one of {sorted(registry)}")
-    return registry[name](robust=robust, **(options or {}))
+    return registry[name](robust=robust, privacy=privacy, **(options or {}))

@@ -52,7 +52,12 @@ class FedCMP(ServerOptimizer):
         "seed": 0,  # randomized SVD seed (determinism)
     }
 
-    def __init__(self, robust: dict[str, Any] | None = None, **options: float):
+    def __init__(self, robust: dict[str, Any] | None = None,
+                 privacy: dict[str, Any] | None = None, **options: float):
+        if privacy and privacy.get("noise_multiplier", 0) > 0:
+            raise ValueError("aggregation.privacy: central DP is not available with fedcmp (its "
+                             "SVD fusion has no bounded sensitivity); use fedavg or a server "
+                             "optimiser")
         super().__init__(robust=robust, **options)
         rule = self.robust.get("rule", "mean")
         if rule != "mean":

@@ -74,7 +74,8 @@ def aggregate_round(rnd: FederatedRound, included: dict[str, str | None],
             f"{len(updates)} valid updates, quorum is {spec.quorum} (rejected: {detail or 'none'})"
         )
     strategy = get_strategy(spec.aggregation.strategy, spec.aggregation.options,
-                            spec.aggregation.robust.model_dump())
+                            spec.aggregation.robust.model_dump(),
+                            spec.aggregation.privacy.model_dump())
     result = strategy.aggregate(base, updates, state)
     state_ref = None
     if result.server_state:
@@ -101,5 +102,6 @@ def _summary(store: Store, rel: str, manifest: dict[str, Any], t0: float,
         "server_state": manifest.get("server_state"),
         "included": manifest["included"], "rejected": manifest["rejected"],
         "samples": manifest["samples"], "loss": manifest["loss"], "reused": reused,
+        "privacy": (manifest.get("report") or {}).get("_privacy"),
         "seconds": round(time.perf_counter() - t0, 3),
     }

@@ -21,7 +21,8 @@ from typing import Any, ClassVar
 import torch
 
 from fedma.aggregate.base import AggregateResult, SiloUpdate, Tensors
-from fedma.aggregate.robust import combine
+from fedma.aggregate.privacy import PrivacyConfig, privatise
+from fedma.aggregate.robust import Combined, combine
 
 
 class ServerOptimizer:
@@ -30,7 +31,8 @@ class ServerOptimizer:
     name = "fedavg"
     defaults: ClassVar[dict[str, float]] = {"server_lr": 1.0}
 
-    def __init__(self, robust: dict[str, Any] | None = None, **options: float):
+    def __init__(self, robust: dict[str, Any] | None = None,
+                 privacy: dict[str, Any] | None = None, **options: float):
         unknown = sorted(set(options) - set(self.defaults))
         if unknown:
             raise ValueError(
@@ -41,6 +43,13 @@ class ServerOptimizer:
             raise ValueError("aggregation.options.server_lr must be > 0")
         # How silo deltas become one pseudo-gradient: see robust.py (default: weighted mean).
         self.robust = dict(robust or {})
+        self.privacy: PrivacyConfig | None = None
+        if privacy and privacy.get("noise_multiplier", 0) > 0:
+            if self.robust.get("rule", "mean") != "mean":
+                raise ValueError("aggregation.privacy: central DP needs robust.rule 'mean' "
+                                 "(its sensitivity bound is for the clipped mean)")
+            self.privacy = PrivacyConfig(privacy["noise_multiplier"], privacy["clip_norm"],
+                                         privacy["delta"])
 
     def aggregate(self, base: Tensors, updates: list[SiloUpdate],
                   server_state: Tensors) -> AggregateResult:
@@ -49,9 +58,15 @@ class ServerOptimizer:
         if sum(u.samples for u in updates) <= 0:
             raise ValueError(f"{self.name} needs updates with a positive sample count")
         ordered = sorted(updates, key=lambda u: u.silo)
-        combined = combine({u.silo: u.delta(base) for u in ordered},
-                           {u.silo: u.samples for u in ordered}, **self.robust)
         state = {k: v.double() for k, v in server_state.items()}
+        extra: dict[str, Any] = {}
+        if self.privacy is not None:
+            delta, notes, extra["_privacy"] = privatise(
+                {u.silo: u.delta(base) for u in ordered}, self.privacy, state)
+            combined = Combined(delta, notes)
+        else:
+            combined = combine({u.silo: u.delta(base) for u in ordered},
+                               {u.silo: u.samples for u in ordered}, **self.robust)
         step = self.step(combined.delta, state)
         new = {k: (base[k].double() + step[k]).to(base[k].dtype) for k in base}
         total = sum(u.samples for u in ordered)
@@ -59,6 +74,7 @@ class ServerOptimizer:
                            **({"note": combined.notes[u.silo]} if u.silo in combined.notes
                               else {})}
                   for u in ordered}
+        report.update(extra)
         return AggregateResult(new, {k: v.float() for k, v in state.items()}, report)
 
     def step(self, delta: Tensors, state: Tensors) -> Tensors:

@@ -177,6 +177,8 @@ class LocalRunner:
             row = {"round": r, **self._evaluate(self.store.rel(current.uri)),
                    "silos": len(result["included"]), "train_loss": result["loss"],
                    "seconds": round(time.perf_counter() - t0, 2), "excluded": result["excluded"]}
+            if result.get("privacy"):
+                row["epsilon"] = result["privacy"]["epsilon"]
             rows[r] = row
             report["rounds"] = [rows[k] for k in sorted(rows)]
             report["latest"] = current.model_dump()

@@ -159,3 +159,16 @@ def test_server_state_flows_between_rounds(tmp_path, tiny_models, strategy):
     round2 = yaml.safe_load((tmp_path / "o/rounds/round-0002/round.yaml").read_text())
     assert round2["spec"]["serverState"]["digest"] == state1["sha256"]
     assert (tmp_path / "store/tiny/round-0002/server-state.safetensors").exists()
+
+
+def test_privacy_budget_is_reported_per_round(tmp_path, tiny_models, monkeypatch):
+    monkeypatch.setenv("FEDMA_DP_SEED", "from-a-secret")
+    obj = training_manifest(tmp_path, tiny_models, rounds=2, n=8)
+    obj["spec"]["aggregation"]["privacy"] = {"noiseMultiplier": 1.1, "clipNorm": 0.5}
+    proc = fedma("run", str(write_yaml(tmp_path / "t.yaml", obj)), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "o/report.json").read_text())["rounds"]
+    assert 0 < rows[1]["epsilon"] < rows[2]["epsilon"]
+    manifest = json.loads((tmp_path / "store/tiny/round-0002/global.safetensors.manifest.json")
+                          .read_text())
+    assert manifest["report"]["_privacy"]["rounds"] == 2

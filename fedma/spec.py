@@ -177,8 +177,9 @@ class PrivacySpec(_Model):
 
 
 class AggregationSpec(_Model):
-    strategy: Literal["fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "fedcmp"] = (
-        "fedavg")
+    # fedprox = FedAvg at the server with the proximal term on the silos (training.proximalMu).
+    strategy: Literal["fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "fedprox",
+                      "fedcmp"] = "fedavg"
     # Quorum: fewest accepted silo updates an aggregation may use (0 = all silos).
     min_silos: int = Field(0, ge=0)
     # Seconds a round waits for stragglers once quorum is met.
@@ -226,6 +227,9 @@ class _CommonSpec(_Model):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"silos: names must be unique, repeated: {', '.join(dupes)}")
+        if self.aggregation.strategy == "fedprox" and self.training.proximal_mu <= 0:
+            raise ValueError("training.proximalMu: must be > 0 with aggregation.strategy fedprox "
+                             "(FedProx's proximal term lives in local training)")
         if self.aggregation.min_silos > len(self.silos):
             raise ValueError(
                 f"aggregation.minSilos: {self.aggregation.min_silos} exceeds the "

@@ -41,7 +41,7 @@ class Strategy(Protocol):
                   server_state: Tensors) -> AggregateResult: ...
 
 
-STRATEGIES = ("fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "fedcmp")
+STRATEGIES = ("fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "fedprox", "fedcmp")
 
 
 def get_strategy(name: str, options: dict[str, float] | None = None,
@@ -53,7 +53,9 @@ def get_strategy(name: str, options: dict[str, float] | None = None,
     from fedma.aggregate.fedcmp import FedCMP
 
     registry: dict[str, type] = {"fedavg": FedAvg, "fedavgm": FedAvgM, "fedadagrad": FedAdagrad,
-                                 "fedadam": FedAdam, "fedyogi": FedYogi, "fedcmp": FedCMP}
+                                 "fedadam": FedAdam, "fedyogi": FedYogi, "fedcmp": FedCMP,
+                                 # FedProx differs on the silo side only (training.proximalMu).
+                                 "fedprox": FedAvg}
     if name not in registry:
         raise ValueError(f"aggregation.strategy {name!r} is not one of {sorted(registry)}")
     return registry[name](robust=robust, privacy=privacy, **(options or {}))

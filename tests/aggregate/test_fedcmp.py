@@ -84,3 +84,25 @@ def test_option_validation():
         get_strategy("fedcmp", {"energy": 0.0})
     with pytest.raises(ValueError, match="fedcmp does its own fusion"):
         get_strategy("fedcmp", robust={"rule": "median"})
+
+
+@pytest.mark.parametrize("keep_residual", [0, 1])
+def test_full_rank_uniform_reliability_reduces_to_fedavg(keep_residual):
+    torch.manual_seed(3)
+    base, ups = make_updates([torch.randn(6, 5) for _ in range(4)], [5, 10, 20, 40])
+    cmp_ = get_strategy("fedcmp", {"beta": 0.0, "energy": 1.0, "max_rank": 64,
+                                   "temperature": 1e9, "keep_residual": keep_residual})
+    out = cmp_.aggregate(base, ups, {})
+    avg = get_strategy("fedavg").aggregate(base, ups, {})
+    assert torch.allclose(out.weights["w"], avg.weights["w"], atol=1e-5)
+
+
+@pytest.mark.parametrize("side", [64, 1600])  # exact SVD and the randomized path
+def test_basis_is_orthonormal_across_rounds(side):
+    s = get_strategy("fedcmp", {"max_rank": 8})
+    shares = torch.full((4,), 0.25, dtype=torch.float64)
+    for r in range(3):
+        torch.manual_seed(10 + r)
+        stack = torch.randn(4, side, 48, dtype=torch.float64)
+        u = s._basis(stack, shares)
+        assert torch.allclose(u.T @ u, torch.eye(u.shape[1], dtype=u.dtype), atol=1e-6)

@@ -43,9 +43,15 @@ def test_budget_accumulates_across_rounds_through_server_state(monkeypatch):
     assert r2.report["_privacy"]["epsilon"] > r1.report["_privacy"]["epsilon"]
 
 
-def test_accountant_behaves():
+def test_accountant_grows_with_rounds_and_matches_opacus_own_figure():
+    from opacus.accountants import RDPAccountant
+
     assert epsilon(1.0, 10, 1e-5) > epsilon(1.0, 1, 1e-5)
     assert epsilon(4.0, 10, 1e-5) < epsilon(1.0, 10, 1e-5)
+    acc = RDPAccountant()
+    for _ in range(10):
+        acc.step(noise_multiplier=1.3, sample_rate=1.0)
+    assert epsilon(1.3, 10, 1e-5) == pytest.approx(acc.get_epsilon(delta=1e-5), rel=1e-9)
 
 
 def test_seeded_noise_is_reproducible_and_unseeded_is_not(monkeypatch):

@@ -120,3 +120,11 @@ def test_shipped_examples_validate():
 def test_fedprox_with_zero3_is_refused_naming_the_field():
     msg = error_for(with_change("spec.training", {"engine": "deepspeed", "proximalMu": 0.1}))
     assert "spec.training: training.proximalMu: not supported with deepspeed.zeroStage 3" in msg
+
+
+def test_fedprox_strategy_needs_a_proximal_term():
+    msg = error_for(with_change("spec.aggregation", {"strategy": "fedprox"}))
+    assert "training.proximalMu: must be > 0 with aggregation.strategy fedprox" in msg
+    ok = with_change("spec.aggregation", {"strategy": "fedprox"})
+    ok["spec"]["training"] = {"proximalMu": 0.01}
+    assert parse(ok).spec.aggregation.strategy == "fedprox"

@@ -70,7 +70,10 @@ class ServerOptimizer:
         step = self.step(combined.delta, state)
         new = {k: (base[k].double() + step[k]).to(base[k].dtype) for k in base}
         total = sum(u.samples for u in ordered)
-        report = {u.silo: {"weight": u.samples / total, "samples": u.samples,
+        # Under central DP the silos are weighted equally (see privacy.py).
+        weight = ({u.silo: 1 / len(ordered) for u in ordered} if self.privacy is not None
+                  else {u.silo: u.samples / total for u in ordered})
+        report = {u.silo: {"weight": weight[u.silo], "samples": u.samples,
                            **({"note": combined.notes[u.silo]} if u.silo in combined.notes
                               else {})}
                   for u in ordered}

@@ -72,3 +72,9 @@ def test_invalid_privacy_settings_are_refused():
         get_strategy("fedcmp", privacy=DP)
     with pytest.raises(ValueError, match=r"needs robust\.rule 'mean'"):
         get_strategy("fedavg", robust={"rule": "median"}, privacy=DP)
+
+
+def test_report_shows_equal_weights_under_dp(monkeypatch):
+    monkeypatch.setenv("FEDMA_DP_SEED", "s3cret")
+    out = get_strategy("fedavg", privacy=DP).aggregate(BASE, updates(), {})
+    assert {out.report[f"s{i}"]["weight"] for i in range(4)} == {0.25}

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from fedma.aggregate.base import Tensors
+from fedma.aggregate.robust import combine
 
 
 @dataclass(frozen=True)
@@ -66,24 +67,17 @@ def _generator(round_salt: int) -> torch.Generator:
 def privatise(deltas: dict[str, Tensors], cfg: PrivacyConfig, state: Tensors
               ) -> tuple[Tensors, dict[str, str], dict[str, Any]]:
     """(noised mean delta, per-silo notes, privacy report); updates ``state['dp.rounds']``."""
-    names = sorted(deltas)
-    k = len(names)
-    notes: dict[str, str] = {}
-    total: Tensors = {}
-    for n in names:
-        norm = sum(float(v.double().pow(2).sum()) for v in deltas[n].values()) ** 0.5
-        scale = min(1.0, cfg.clip_norm / norm) if norm > 0 else 1.0
-        if scale < 1.0:
-            notes[n] = f"clipped from norm {norm:.4g} to {cfg.clip_norm:.4g} (privacy)"
-        for key, v in deltas[n].items():
-            total[key] = total.get(key, 0) + v.double() * scale
+    k = len(deltas)
+    # The clipped, equally weighted mean: the robust module's clipping with unit weights.
+    clipped = combine({n: {key: v.double() for key, v in d.items()} for n, d in deltas.items()},
+                      dict.fromkeys(deltas, 1), rule="mean", clip_norm=cfg.clip_norm)
     done = int(state.get("dp.rounds", torch.zeros(1)).item()) + 1
     state["dp.rounds"] = torch.tensor([float(done)], dtype=torch.float64)
     std = cfg.noise_multiplier * cfg.clip_norm / k
     gen = _generator(done)
-    noised = {key: v / k + torch.randn(v.shape, generator=gen, dtype=torch.float64) * std
-              for key, v in sorted(total.items())}
+    noised = {key: v + torch.randn(v.shape, generator=gen, dtype=torch.float64) * std
+              for key, v in sorted(clipped.delta.items())}
     report = {"epsilon": epsilon(cfg.noise_multiplier, done, cfg.delta), "delta": cfg.delta,
               "rounds": done, "noise_std": std, "noise_multiplier": cfg.noise_multiplier,
               "clip_norm": cfg.clip_norm, "silos": k}
-    return noised, notes, report
+    return noised, clipped.notes, report

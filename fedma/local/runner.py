@@ -156,13 +156,12 @@ class LocalRunner:
             start += 1
         if start > 1:
             self.console.print(f"[bold]resuming[/] {name}: rounds 1–{start - 1} already complete")
-        for r in range(0, start):
+        self._print_header()
+        for r in range(0, start):  # completed rounds: evaluate those the report lacks, show all
             if r not in rows:
                 rel = global_rel(name, r)
                 rows[r] = {"round": r, **self._evaluate(rel), "silos": 0, "seconds": 0.0}
-                if r == 0:
-                    self._print_header()
-                self._print_row(rows[r])
+            self._print_row(rows[r])
         report["rounds"] = [rows[k] for k in sorted(rows)]
         if self._evaluator is not None:
             report["retrieval_chance"] = self._evaluator.chance

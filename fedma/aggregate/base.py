@@ -41,9 +41,6 @@ class Strategy(Protocol):
                   server_state: Tensors) -> AggregateResult: ...
 
 
-STRATEGIES = ("fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "fedprox", "fedcmp")
-
-
 def get_strategy(name: str, options: dict[str, float] | None = None,
                  robust: dict[str, Any] | None = None,
                  privacy: dict[str, Any] | None = None) -> Strategy:

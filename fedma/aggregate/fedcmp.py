@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 import torch
 
 from fedma.aggregate.base import AggregateResult, SiloUpdate, Tensors
-from fedma.aggregate.robust import combine
+from fedma.aggregate.robust import clip_deltas
 from fedma.aggregate.server_opt import ServerOptimizer, _get
 
 EXACT_SVD_MAX = 1024  # below this smaller side, a full SVD is cheap and exact
@@ -83,15 +83,8 @@ class FedCMP(ServerOptimizer):
             raise ValueError("fedcmp needs updates with a positive sample count")
         names = [u.silo for u in ordered]
         shares = torch.tensor([u.samples / total for u in ordered], dtype=torch.float64)
-        clip = {"rule": "mean", "clip_norm": self.robust.get("clip_norm", 0.0)}
-        deltas = {u.silo: u.delta(base) for u in ordered}
-        notes: dict[str, str] = {}
-        if clip["clip_norm"]:
-            # Reuse the robust module's clipping (and its notes) on each delta.
-            for n in names:
-                one = combine({n: deltas[n]}, {n: 1}, **clip)
-                deltas[n] = one.delta
-                notes.update(one.notes)
+        deltas, notes = clip_deltas({u.silo: u.delta(base) for u in ordered},
+                                    self.robust.get("clip_norm", 0.0))
         state = {k: v.double() for k, v in server_state.items()}
         new: Tensors = {}
         weight_sum = torch.zeros(len(names), dtype=torch.float64)

@@ -37,6 +37,24 @@ def _norm(d: Tensors) -> float:
     return math.sqrt(sum(float(v.pow(2).sum()) for v in d.values()))
 
 
+def clip_deltas(deltas: dict[str, Tensors], clip_norm: float
+                ) -> tuple[dict[str, Tensors], dict[str, str]]:
+    """Scale every delta whose L2 norm exceeds ``clip_norm`` down to it (0 = off); notes say
+    which silos were clipped and from what norm."""
+    if clip_norm <= 0:
+        return dict(deltas), {}
+    clipped: dict[str, Tensors] = {}
+    notes: dict[str, str] = {}
+    for n in sorted(deltas):
+        norm = _norm(deltas[n])
+        if norm > clip_norm:
+            notes[n] = f"clipped from norm {norm:.4g} to {clip_norm:.4g}"
+            clipped[n] = {k: v * (clip_norm / norm) for k, v in deltas[n].items()}
+        else:
+            clipped[n] = deltas[n]
+    return clipped, notes
+
+
 def combine(deltas: dict[str, Tensors], samples: dict[str, int], rule: str = "mean",
             trim_fraction: float = 0.1, byzantine: int = 1, clip_norm: float = 0.0) -> Combined:
     if rule not in RULES:
@@ -44,17 +62,7 @@ def combine(deltas: dict[str, Tensors], samples: dict[str, int], rule: str = "me
     names = sorted(deltas)
     if not names:
         raise ValueError("no updates to combine")
-    notes: dict[str, str] = {}
-    if clip_norm > 0:
-        clipped = {}
-        for n in names:
-            norm = _norm(deltas[n])
-            if norm > clip_norm:
-                notes[n] = f"clipped from norm {norm:.4g} to {clip_norm:.4g}"
-                clipped[n] = {k: v * (clip_norm / norm) for k, v in deltas[n].items()}
-            else:
-                clipped[n] = deltas[n]
-        deltas = clipped
+    deltas, notes = clip_deltas(deltas, clip_norm)
     keys = list(deltas[names[0]])
 
     if rule == "mean":

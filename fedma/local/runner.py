@@ -217,7 +217,6 @@ class LocalRunner:
                                                                  launch.attempt, env)
                         observed[launch.silo] = SiloObservation(launch.attempt, JobState.ACTIVE)
                     if decision.phase == RoundPhase.FAILED:
-                        self._stop(running)
                         raise RoundFailed(f"round {spec.round}: {decision.message}")
                     if decision.aggregate is not None:
                         self._stop(running)  # stragglers past the deadline

@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 
-from fedma.model.fingerprint import fingerprint
 from fedma.model.llava import load_alignment_model
 from fedma.model.projector import load_projector_state, projector_state
 from fedma.spec import FederatedRound
@@ -116,8 +115,8 @@ def train_silo(rnd: FederatedRound, silo_name: str, *, termination_log: str | No
         summary["zero"] = partition
     if rank != 0:
         return summary
-    fingerprints = model.fingerprints or {"vision": fingerprint(model.vision),
-                                          "languageModel": fingerprint(model.lm)}
+    # Computed at load, before ZeRO-3 partitioned the weights (hashing them now would be wrong).
+    fingerprints = model.fingerprints
     ref = store.put_tensors(out_rel, state, {
         "kind": "silo-update", "training": spec.training_name, "round": spec.round,
         "silo": silo.name, "samples": samples, "steps": steps, "loss": loss,

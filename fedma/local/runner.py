@@ -86,7 +86,7 @@ class LocalRunner:
         if self._evaluator is None:
             from fedma.evaluate import Evaluator
 
-            self._evaluator = Evaluator(self._load_model(), self.spec.evaluation)  # type: ignore[arg-type]
+            self._evaluator = Evaluator.from_spec(self._load_model(), self.spec.evaluation)  # type: ignore[arg-type]
         return self._evaluator.evaluate(self.store.get_tensors(rel), self.store.uri(rel))
 
     # -- report -----------------------------------------------------------------------------

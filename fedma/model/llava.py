@@ -83,7 +83,14 @@ class AlignmentModel(nn.Module):
 
     def _run(self, features: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, int]:
         """Final hidden states of every position of [image tokens, caption tokens]."""
-        proj = self.projector(features.to(self._proj_dtype()))
+        return self.run_embedded(self.projector(features.to(self._proj_dtype())), batch)
+
+    def run_embedded(self, proj: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, int]:
+        """The LM over already-projected image tokens ``proj`` [B, n_img, H] + the captions.
+
+        Split out so a simulation can project each silo's images with its own projector and
+        still push every silo's batch through the frozen LM in one call.
+        """
         emb = self.lm.get_input_embeddings()(batch.input_ids)
         x = torch.cat([proj.to(emb.dtype), emb], dim=1)
         n_img = proj.shape[1]
@@ -100,6 +107,14 @@ class AlignmentModel(nn.Module):
         logits = self.lm.get_output_embeddings()(h).float()
         lp = torch.log_softmax(logits, dim=-1).gather(-1, batch.input_ids[..., None])[..., 0]
         return lp * batch.attention_mask
+
+    def caption_nll(self, proj: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Per-token caption NLL given projected image tokens, 0 at padding: [B, T]."""
+        h, n_img = self.run_embedded(proj, batch)
+        h = h[:, n_img - 1 : n_img - 1 + batch.input_ids.shape[1]]
+        logits = self.lm.get_output_embeddings()(h).float()
+        nll = F.cross_entropy(logits.transpose(1, 2), batch.input_ids, reduction="none")
+        return nll * batch.attention_mask
 
     def loss(self, features: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, int]:
         """Mean next-token loss over caption tokens only; returns (loss, token count)."""
@@ -153,6 +168,34 @@ class AlignmentModel(nn.Module):
         k = next(iter(n_choices))
         feats = features.repeat_interleave(k, dim=0)
         return self.token_logprobs(feats, self.tokenize(flat)).sum(1).view(len(choices), k)
+
+    @torch.no_grad()
+    def score(self, features: torch.Tensor, captions: list[str], choices: list[list[str]]
+              ) -> tuple[torch.Tensor, int, torch.Tensor]:
+        """(summed caption NLL, caption tokens, choice scores [B, C]) for held-out samples.
+
+        When every caption is one of its candidates and the candidates differ only in their
+        last token, the forward that scores the caption also ranks the candidates (the
+        position predicting the caption's last token sees exactly the shared prefix), so one
+        LM pass does both; otherwise the candidates get their own pass.
+        """
+        batch = self.tokenize(captions)
+        fast = self._single_token_suffixes(choices) if len({len(c) for c in choices}) == 1 \
+            else None
+        same_prefix = fast is not None and all(
+            self.tokenizer(c, add_special_tokens=False)["input_ids"][:-1]
+            == self.tokenizer(p, add_special_tokens=False)["input_ids"]
+            for c, p in zip(captions, fast[0], strict=True))
+        if not same_prefix:
+            loss, n = self.loss(features, captions)
+            return loss * n, n, self.choice_scores(features, choices)
+        h = self._hidden(features, batch)
+        logits = self.lm.get_output_embeddings()(h).float()
+        nll = F.cross_entropy(logits.transpose(1, 2), batch.input_ids, reduction="none")
+        last = batch.attention_mask.sum(1) - 1
+        lp = torch.log_softmax(logits[torch.arange(len(captions)), last], -1)
+        return (nll * batch.attention_mask).sum(), int(batch.attention_mask.sum()), \
+            lp.gather(1, fast[1])
 
     def _single_token_suffixes(self, choices: list[list[str]]):
         prefixes, lasts = [], []

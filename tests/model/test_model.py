@@ -120,3 +120,29 @@ def test_missing_backbone_folder_is_named(tmp_path):
 
     with pytest.raises(FileNotFoundError, match=r"vision tower folder .*nope does not exist"):
         load_vision("hf", str(tmp_path / "nope"), -2, 224)
+
+def test_score_one_pass_matches_loss_and_choice_scores(model):
+    feats = model.image_features(torch.randn(3, 3, 32, 32))
+    words = ("one", "two", "three")
+    choices = [[f"a red square : the number {w}" for w in words]] * 3
+    captions = [choices[i][i] for i in range(3)]
+    nll, n, scores = model.score(feats, captions, choices)
+    loss, n_ref = model.loss(feats, captions)
+    assert n == n_ref
+    assert torch.allclose(nll / n, loss, atol=1e-5)
+    assert torch.allclose(scores, model.choice_scores(feats, choices), atol=1e-4)
+    # Candidates that differ in more than the last token take the separate pass; same answer.
+    mixed = [["a red square", "a blue circle : the number one"]] * 3
+    nll2, _, scores2 = model.score(feats, [m[0] for m in mixed], mixed)
+    assert torch.allclose(scores2, model.choice_scores(feats, mixed))
+    assert torch.allclose(nll2 / 3 / 3, model.loss(feats, ["a red square"] * 3)[0], atol=1e-5)
+
+
+def test_caption_nll_per_sample_matches_loss(model):
+    feats = model.image_features(torch.randn(2, 3, 32, 32))
+    caps = ["a red square : the number one", "a blue circle"]
+    batch = model.tokenize(caps)
+    nll = model.caption_nll(model.projector(feats), batch)
+    assert nll.shape == batch.input_ids.shape and float(nll[1, 3:].abs().sum()) == 0.0
+    assert torch.allclose(nll.sum() / batch.attention_mask.sum(), model.loss(feats, caps)[0],
+                          atol=1e-5)

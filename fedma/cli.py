@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import yaml
 from rich.console import Console
 
-from fedma.spec import FederatedRound, FederatedTraining, SpecError, load
+from fedma.spec import FederatedRound, FederatedTraining, SpecError, load, parse
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Federated alignment pre-training of multimodal LLM projectors.")
@@ -44,6 +45,26 @@ def _load_kind(path: Path, kind: type) -> FederatedTraining | FederatedRound:
     obj = load(path)
     if not isinstance(obj, kind):
         raise SpecError(str(path), [("kind", f"expected {kind.__name__}, got {obj.kind}")])
+    return obj
+
+
+ROUND_ENV = "FEDMA_ROUND"
+
+
+def _load_round(path: Path | None) -> FederatedRound:
+    """From ``--round FILE``, else from ``$FEDMA_ROUND`` (how the operator hands a Job its
+    round: no ConfigMap to create in a silo cluster, nothing to read back from the hub)."""
+    if path is not None:
+        return _load_kind(path, FederatedRound)  # type: ignore[return-value]
+    text = os.environ.get(ROUND_ENV)
+    if not text:
+        raise SpecError("--round", [("(option)", f"give --round FILE or set ${ROUND_ENV}")])
+    try:
+        obj = parse(yaml.safe_load(text), source=f"${ROUND_ENV}")
+    except yaml.YAMLError as exc:
+        raise SpecError(f"${ROUND_ENV}", [("(yaml)", str(exc).replace("\n", " "))]) from None
+    if not isinstance(obj, FederatedRound):
+        raise SpecError(f"${ROUND_ENV}", [("kind", f"expected FederatedRound, got {obj.kind}")])
     return obj
 
 
@@ -125,8 +146,9 @@ def demo(out: Annotated[Path, typer.Option(help="where data, store and report go
 
 @app.command("train-silo")
 def train_silo(
-    round_file: Annotated[Path, typer.Option("--round", help="FederatedRound YAML")],
     silo: Annotated[str, typer.Option(help="the silo this Job trains for")],
+    round_file: Annotated[Path | None, typer.Option(
+        "--round", help="FederatedRound YAML (default: $FEDMA_ROUND)")] = None,
     termination_log: Annotated[str | None, typer.Option(
         envvar="FEDMA_TERMINATION_LOG", help="where to write the JSON summary "
         "(Kubernetes: /dev/termination-log)")] = None,
@@ -139,7 +161,7 @@ def train_silo(
     from fedma.train.silo import write_termination
 
     try:
-        rnd = _load_kind(round_file, FederatedRound)
+        rnd = _load_round(round_file)
         summary = _train(rnd, silo, termination_log=termination_log, engine=engine,  # type: ignore[arg-type]
                          progress=True)
     except _expected_errors() as exc:
@@ -152,9 +174,13 @@ def train_silo(
 
 @app.command()
 def aggregate(
-    round_file: Annotated[Path, typer.Option("--round", help="FederatedRound YAML")],
     include: Annotated[list[str], typer.Option(help="SILO=SHA256 of an accepted update")],
+    round_file: Annotated[Path | None, typer.Option(
+        "--round", help="FederatedRound YAML (default: $FEDMA_ROUND)")] = None,
     summary_out: Annotated[Path | None, typer.Option(help="also write the summary here")] = None,
+    termination_log: Annotated[str | None, typer.Option(
+        envvar="FEDMA_TERMINATION_LOG", help="where to write the JSON summary "
+        "(Kubernetes: /dev/termination-log)")] = None,
     max_update_norm: Annotated[float, typer.Option(help="reject larger updates (0 = off)")] = 0.0,
 ) -> None:
     """Job entrypoint: aggregate the accepted silo updates into the next global projector."""
@@ -162,15 +188,23 @@ def aggregate(
     from fedma.aggregate.run import aggregate_round
 
     try:
-        rnd = _load_kind(round_file, FederatedRound)
+        rnd = _load_round(round_file)
         included: dict[str, str | None] = {}
         for item in include:
             silo, _, digest = item.partition("=")
             included[silo] = digest or None
-        summary = aggregate_round(rnd, included, max_update_norm)  # type: ignore[arg-type]
+        summary = aggregate_round(rnd, included, max_update_norm)
     except _expected_errors() as exc:
+        from fedma.train.silo import write_termination
+
+        write_termination(termination_log, {"status": "Failed",
+                                            "reason": f"{type(exc).__name__}: {exc}"[:2000]})
         raise _fail(str(exc)) from None
     text = json.dumps(summary, sort_keys=True)
+    if termination_log:
+        from fedma.train.silo import write_termination
+
+        write_termination(termination_log, summary)
     if summary_out:
         tmp = summary_out.with_suffix(".tmp")
         tmp.write_text(text)

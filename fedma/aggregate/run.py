@@ -16,7 +16,7 @@ import torch
 
 from fedma.aggregate.base import SiloUpdate, get_strategy
 from fedma.aggregate.validate import check_update
-from fedma.spec import FederatedRound
+from fedma.spec import FederatedRound, ProjectorRef
 from fedma.store import ArtifactError, Store, global_rel, server_state_rel, update_rel
 
 
@@ -30,12 +30,18 @@ def aggregate_round(rnd: FederatedRound, included: dict[str, str | None],
     update's own manifest, used only by local tools)."""
     spec = rnd.spec
     t0 = time.perf_counter()
+    store = Store(spec.artifacts.uri)
     if spec.input is None:
-        raise AggregationError("spec.input: aggregation needs the round's input projector")
+        # Round 1 started from the seeded projector a silo committed as global round 0.
+        r0 = global_rel(spec.training_name, 0)
+        if not store.committed(r0):
+            raise AggregationError(f"spec.input is empty and {store.uri(r0)} (the seeded initial "
+                                   "projector a round-1 silo commits) does not exist")
+        spec = spec.model_copy(update={"input": ProjectorRef(
+            uri=store.uri(r0), digest=store.get_manifest(r0)["sha256"])})
     unknown = sorted(set(included) - {s.name for s in spec.silos})
     if unknown:
         raise AggregationError(f"silos {unknown} are not part of the round")
-    store = Store(spec.artifacts.uri)
     out_rel = global_rel(spec.training_name, spec.round)
     wanted = {k: included[k] for k in sorted(included)}
 

@@ -22,7 +22,7 @@ import torch
 from fedma.model.llava import load_alignment_model
 from fedma.model.projector import load_projector_state, projector_state
 from fedma.spec import FederatedRound
-from fedma.store import ArtifactError, Store, update_rel
+from fedma.store import ArtifactError, Store, global_rel, update_rel
 from fedma.train.batches import batches, round_shard, silo_records, stable_seed
 
 log = logging.getLogger("fedma.train")
@@ -34,7 +34,10 @@ def write_termination(path: str | None, summary: dict[str, Any]) -> None:
         return
     text = json.dumps(summary, separators=(",", ":"), sort_keys=True)
     if len(text.encode()) > TERMINATION_LIMIT:
-        keep = {k: summary[k] for k in ("silo", "round", "status", "reason") if k in summary}
+        # What the operator acts on; the rest (reports, partition details) is in the store.
+        keep = {k: summary[k] for k in ("silo", "round", "status", "reason", "update", "output",
+                                         "server_state", "samples", "steps", "loss", "included")
+                if k in summary}
         text = json.dumps(keep, separators=(",", ":"))[:TERMINATION_LIMIT]
     Path(path).write_text(text)
 
@@ -44,6 +47,23 @@ def load_input(store: Store, rnd: FederatedRound) -> tuple[dict[str, torch.Tenso
     if ref is None:
         return None, ""
     return store.get_tensors(store.rel(ref.uri), ref.digest), ref.digest
+
+
+def seeded_initial(store: Store, rnd: FederatedRound, model_projector: torch.nn.Module,
+                   rank: int) -> tuple[dict[str, torch.Tensor], str]:
+    """Round 1 without ``spec.input`` (how the operator starts a training: the hub need not hold
+    the backbones, so it cannot build the projector): the first silo to get here commits its
+    seeded initial projector as global round 0; every silo then trains from that committed
+    copy and records its digest, so a silo whose seeded init differed (another torch build)
+    still starts from the same weights, and the aggregator checks them all against it."""
+    spec = rnd.spec
+    rel = global_rel(spec.training_name, 0)
+    if rank == 0 and not store.committed(rel):
+        store.put_tensors(rel, projector_state(model_projector), {
+            "kind": "global-projector", "round": 0, "seed": spec.training.seed,
+            "projector": spec.model.projector.type})
+    digest = store.get_manifest(rel)["sha256"]
+    return store.get_tensors(rel, digest), digest
 
 
 def train_silo(rnd: FederatedRound, silo_name: str, *, termination_log: str | None = None,
@@ -59,8 +79,10 @@ def train_silo(rnd: FederatedRound, silo_name: str, *, termination_log: str | No
     t0 = time.perf_counter()
     store = Store(spec.artifacts.uri)
     out_rel = update_rel(spec.training_name, spec.round, silo.name)
-    base = spec.input.digest if spec.input else ""
     rank = int(os.environ.get("RANK", "0"))
+    base = spec.input.digest if spec.input else ""
+    if spec.input is None and store.committed(global_rel(spec.training_name, 0)):
+        base = store.get_manifest(global_rel(spec.training_name, 0))["sha256"]
 
     if rank == 0 and store.committed(out_rel):
         manifest = store.get_manifest(out_rel)
@@ -74,7 +96,11 @@ def train_silo(rnd: FederatedRound, silo_name: str, *, termination_log: str | No
 
     initial, _ = load_input(store, rnd)
     model = load_alignment_model(spec.model, projector_seed=spec.training.seed)
-    if initial is not None:
+    if initial is None:
+        initial, base = seeded_initial(store, rnd, model.projector, rank)
+        load_projector_state(model.projector, initial, source=store.uri(global_rel(
+            spec.training_name, 0)))
+    else:
         load_projector_state(model.projector, initial, source=spec.input.uri)  # type: ignore[union-attr]
     if spec.training.proximal_mu > 0:
         model.set_proximal(spec.training.proximal_mu)

@@ -92,3 +92,23 @@ def test_fedprox_keeps_the_update_closer_to_the_global_projector(tmp_path, tiny_
 
     assert distance(1000.0, "prox") < 0.5 * distance(0.0, "plain")
 
+
+
+def test_round_one_without_input_commits_one_seeded_initial_projector(tmp_path, tiny_models):
+    """How the operator starts a training: no input; silos commit and share global round 0."""
+    from fedma.aggregate.run import AggregationError, aggregate_round
+
+    training = parse(training_manifest(tmp_path, tiny_models))
+    rnd = round_spec(training, 1, None)
+    store = Store(training.spec.artifacts.uri)
+    with pytest.raises(AggregationError, match="seeded initial projector"):
+        aggregate_round(rnd, {"silo-1": None})
+    s1 = train_silo(rnd, "silo-1")
+    r0 = store.get_manifest(global_rel("tiny", 0))
+    s2 = train_silo(rnd, "silo-2")
+    for s in (s1, s2):
+        assert store.get_manifest(store.rel(s["update"]["uri"]))["base_digest"] == r0["sha256"]
+    out = aggregate_round(rnd, {"silo-1": s1["update"]["digest"], "silo-2": s2["update"]["digest"]})
+    assert out["included"] == ["silo-1", "silo-2"]
+    # Re-running silo-1 reuses its committed update (idempotent Job retries).
+    assert train_silo(rnd, "silo-1")["reused"] is True

@@ -1,0 +1,192 @@
+"""Job manifests for one round: one training Job per silo attempt, one aggregation Job.
+
+Pure functions from the round's spec to plain dicts, so they are tested without a cluster.
+Conventions (DESIGN.md §4):
+- deterministic names (``<round>-<silo>-a<attempt>``, ``<round>-aggregate``): a restarted
+  operator finds and adopts what it created instead of creating it twice;
+- labels ``fedma.io/{training,round,silo,role,attempt}`` (the operator filters Jobs by them
+  client-side, so it needs no label-selector support from the API server);
+- the round reaches the container as ``$FEDMA_ROUND`` (no ConfigMap to create in a silo's
+  cluster), the JSON summary comes back as the container's termination message;
+- Kubernetes retries off (``backoffLimit: 0``): retries are the round's (``aggregation
+  .backoffLimit``), each a new attempt Job, so every attempt stays visible in status;
+- non-root, read-only root filesystem, no privilege escalation, all capabilities dropped;
+  store credentials only from the Secret the spec names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from fedma.spec import FederatedRound, SiloSpec, dump
+
+LABEL = "fedma.io"
+TERMINATION_LOG = "/dev/termination-log"
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    trainer_image: str = "ghcr.io/fedma/trainer:0.1.0"
+    service_account: str = "fedma-trainer"
+    aggregator_cpu: str = "2"
+    aggregator_memory: str = "8Gi"
+    run_as_user: int = 1000
+
+
+def dns_name(*parts: str, limit: int = 63) -> str:
+    """Join into a DNS-1123 name; too long → cut and suffix a hash, so it stays unique."""
+    name = "-".join(parts)
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: limit - 9].rstrip('-')}-{digest}"
+
+
+def silo_job_name(round_name: str, silo: str, attempt: int) -> str:
+    return dns_name(round_name, silo, f"a{attempt}")
+
+
+def aggregation_job_name(round_name: str) -> str:
+    return dns_name(round_name, "aggregate")
+
+
+def labels(rnd: FederatedRound, role: str, silo: str | None = None,
+           attempt: int | None = None) -> dict[str, str]:
+    out = {
+        "app.kubernetes.io/name": "fedma",
+        "app.kubernetes.io/managed-by": "fedma-operator",
+        f"{LABEL}/training": rnd.spec.training_name,
+        f"{LABEL}/round": str(rnd.spec.round),
+        f"{LABEL}/round-name": rnd.metadata.name,
+        f"{LABEL}/role": role,
+    }
+    if silo is not None:
+        out[f"{LABEL}/silo"] = silo
+    if attempt is not None:
+        out[f"{LABEL}/attempt"] = str(attempt)
+    return out
+
+
+def _security() -> dict[str, Any]:
+    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def _env(rnd: FederatedRound) -> list[dict[str, Any]]:
+    return [
+        {"name": "FEDMA_ROUND", "value": json.dumps(dump(rnd), separators=(",", ":"))},
+        {"name": "FEDMA_TERMINATION_LOG", "value": TERMINATION_LOG},
+        {"name": "HF_HUB_OFFLINE", "value": "1"},
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "FEDMA_CACHE", "value": "/tmp/fedma-cache"},
+    ]
+
+
+def _container(name: str, image: str, command: list[str], rnd: FederatedRound,
+               resources: dict[str, Any], mounts: list[dict[str, Any]]) -> dict[str, Any]:
+    c: dict[str, Any] = {
+        "name": name, "image": image, "command": command, "env": _env(rnd),
+        "resources": resources, "securityContext": _security(),
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *mounts],
+    }
+    secret = rnd.spec.artifacts.credentials_secret
+    if secret:
+        c["envFrom"] = [{"secretRef": {"name": secret}}]
+    return c
+
+
+def _job(name: str, namespace: str, lbl: dict[str, str], pod: dict[str, Any],
+         deadline_s: int, owner: dict[str, Any] | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": lbl}
+    if owner:
+        meta["ownerReferences"] = [owner]
+    return {
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": meta,
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": deadline_s,
+            "template": {"metadata": {"labels": lbl}, "spec": pod},
+        },
+    }
+
+
+def owner_reference(round_obj: dict[str, Any]) -> dict[str, Any]:
+    """For same-cluster Jobs: deleting the FederatedRound deletes its Jobs."""
+    meta = round_obj["metadata"]
+    return {"apiVersion": round_obj.get("apiVersion", "fedma.io/v1alpha1"),
+            "kind": "FederatedRound", "name": meta["name"], "uid": meta["uid"],
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def silo_command(rnd: FederatedRound, silo: SiloSpec) -> list[str]:
+    """``fedma train-silo``; with DeepSpeed on several GPUs, one rank per GPU via torchrun."""
+    cmd = ["train-silo", "--silo", silo.name]
+    if rnd.spec.training.engine == "deepspeed" and silo.gpus > 1:
+        return ["torchrun", "--standalone", f"--nproc-per-node={silo.gpus}", "-m", "fedma.cli",
+                *cmd]
+    return ["fedma", *cmd]
+
+
+def silo_job(rnd: FederatedRound, silo: SiloSpec, attempt: int, namespace: str,
+             settings: JobSettings, owner: dict[str, Any] | None = None) -> dict[str, Any]:
+    res = {"cpu": silo.resources.cpu, "memory": silo.resources.memory}
+    limits = dict(res)
+    if silo.gpus:
+        limits["nvidia.com/gpu"] = str(silo.gpus)
+    mounts: list[dict[str, Any]] = []
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    if silo.data_volume:
+        mounts.append({"name": "data", "mountPath": silo.data_volume.mount_path,
+                       "readOnly": True})
+        volumes.append({"name": "data", "persistentVolumeClaim": {
+            "claimName": silo.data_volume.claim_name, "readOnly": True}})
+    if silo.gpus > 1:  # NCCL needs more shared memory than the container default
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "serviceAccountName": settings.service_account,
+        "automountServiceAccountToken": False,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": settings.run_as_user,
+                            "fsGroup": settings.run_as_user},
+        "containers": [_container("trainer", silo.image or settings.trainer_image,
+                                  silo_command(rnd, silo), rnd,
+                                  {"requests": res, "limits": limits}, mounts)],
+        "volumes": volumes,
+    }
+    if silo.node_selector:
+        pod["nodeSelector"] = dict(silo.node_selector)
+    if silo.tolerations:
+        pod["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True)
+                              for t in silo.tolerations]
+    name = silo_job_name(rnd.metadata.name, silo.name, attempt)
+    return _job(name, namespace, labels(rnd, "silo", silo.name, attempt), pod,
+                rnd.spec.aggregation.deadline_seconds, owner)
+
+
+def aggregation_job(rnd: FederatedRound, included: dict[str, str], namespace: str,
+                    settings: JobSettings, owner: dict[str, Any] | None = None
+                    ) -> dict[str, Any]:
+    """``included``: silo → the update digest it reported; the aggregator re-checks each."""
+    cmd = ["fedma", "aggregate"]
+    for silo, digest in sorted(included.items()):
+        cmd += ["--include", f"{silo}={digest}"]
+    res = {"cpu": settings.aggregator_cpu, "memory": settings.aggregator_memory}
+    pod = {
+        "restartPolicy": "Never",
+        "serviceAccountName": settings.service_account,
+        "automountServiceAccountToken": False,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": settings.run_as_user,
+                            "fsGroup": settings.run_as_user},
+        "containers": [_container("aggregator", settings.trainer_image, cmd, rnd,
+                                  {"requests": res, "limits": res}, [])],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+    }
+    return _job(aggregation_job_name(rnd.metadata.name), namespace, labels(rnd, "aggregate"),
+                pod, rnd.spec.aggregation.deadline_seconds, owner)

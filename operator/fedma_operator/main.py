@@ -1,0 +1,59 @@
+"""``fedma-operator``: run the operator (kopf) with ``/metrics`` and a liveness endpoint."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+
+import kopf
+
+from fedma_operator.handlers import OperatorConfig, build_registry
+from fedma_operator.jobs import JobSettings
+from fedma_operator.metrics import serve
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="fedma-operator", description=__doc__)
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--namespace", action="append", default=[],
+                       help="watch this namespace (repeatable; default: $FEDMA_NAMESPACE)")
+    where.add_argument("--all-namespaces", action="store_true", help="watch every namespace")
+    p.add_argument("--metrics-port", type=int, default=int(os.environ.get("FEDMA_METRICS_PORT",
+                                                                          9090)))
+    p.add_argument("--health-port", type=int, default=int(os.environ.get("FEDMA_HEALTH_PORT",
+                                                                         8080)))
+    p.add_argument("--trainer-image", default=os.environ.get("FEDMA_TRAINER_IMAGE",
+                                                             JobSettings.trainer_image))
+    p.add_argument("--trainer-service-account",
+                   default=os.environ.get("FEDMA_TRAINER_SERVICE_ACCOUNT",
+                                          JobSettings.service_account))
+    p.add_argument("--interval", type=float, default=float(os.environ.get("FEDMA_INTERVAL", 10)),
+                   help="seconds between reconciles of one object")
+    p.add_argument("--verbose", action="store_true")
+    args = p.parse_args(argv)
+    if not args.all_namespaces and not args.namespace:
+        ns = os.environ.get("FEDMA_NAMESPACE")
+        if not ns:
+            p.error("give --namespace NS (repeatable), --all-namespaces, or $FEDMA_NAMESPACE")
+        args.namespace = [ns]
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    serve(args.metrics_port)
+    cfg = OperatorConfig(JobSettings(trainer_image=args.trainer_image,
+                                     service_account=args.trainer_service_account),
+                         interval_s=args.interval)
+    asyncio.run(kopf.operator(
+        registry=build_registry(cfg), standalone=True, clusterwide=args.all_namespaces,
+        namespaces=args.namespace, liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz",
+    ))
+
+
+if __name__ == "__main__":
+    main()

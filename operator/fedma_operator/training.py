@@ -1,0 +1,138 @@
+"""One reconcile of a FederatedTraining: create round r, and round r+1 when r succeeds.
+
+Round r+1's input is round r's output projector (URI + digest) and its server state, both
+read from round r's status; the round objects carry the rest. Like rounds, progress lives in
+status and in the round objects (deterministic names ``<training>-r0003``), so a restarted
+operator neither skips nor duplicates a round.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fedma.rounds import RoundPhase
+from fedma.spec import FederatedTraining, ProjectorRef, SpecError, dump, parse, round_spec
+from fedma_operator.kube import Hub
+from fedma_operator.reconcile import (
+    Outcome,
+    condition,
+    merge_conditions,
+    now_iso,
+    spec_hash,
+)
+
+
+def _ref(value: Any) -> ProjectorRef | None:
+    if isinstance(value, dict) and value.get("uri") and value.get("digest"):
+        return ProjectorRef(uri=value["uri"], digest=value["digest"])
+    return None
+
+
+class TrainingReconciler:
+    def __init__(self, hub: Hub):
+        self.hub = hub
+
+    async def reconcile(self, body: dict[str, Any], now: datetime) -> Outcome:
+        meta = body.get("metadata", {})
+        status = dict(body.get("status") or {})
+        generation = int(meta.get("generation") or 1)
+        namespace = meta.get("namespace") or "default"
+        if status.get("phase") in ("Succeeded", "Failed"):
+            return Outcome({}, done=True)
+        try:
+            training = parse({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec")
+                              if k in body}, source=f"FederatedTraining {namespace}/"
+                             f"{meta.get('name')}")
+        except SpecError as exc:
+            msg = "; ".join(f"spec.{p}: {m}" for p, m in exc.errors)
+            return Outcome({
+                "phase": "Failed", "message": msg, "observedGeneration": generation,
+                "conditions": merge_conditions(status.get("conditions") or [], [
+                    condition("InvalidSpec", True, "InvalidSpec", msg, generation, now),
+                    condition("Succeeded", False, "InvalidSpec", msg, generation, now)]),
+            }, [("Warning", "InvalidSpec", msg)], done=True)
+        assert isinstance(training, FederatedTraining)
+        digest = spec_hash(body.get("spec") or {})
+        if status.get("specHash") and status["specHash"] != digest:
+            msg = ("spec changed after the training started; not applied to any round (the "
+                   "spec is immutable): restore it, or create a new FederatedTraining")
+            already = any(c["type"] == "SpecChangeRefused" and c["status"] == "True"
+                          for c in status.get("conditions") or [])
+            return Outcome({"conditions": merge_conditions(status.get("conditions") or [], [
+                condition("SpecChangeRefused", True, "SpecImmutable", msg, generation, now)])},
+                [] if already else [("Warning", "SpecChangeRefused", msg)])
+
+        events: list[tuple[str, str, str]] = []
+        total = training.spec.rounds
+        current = int(status.get("currentRound") or 1)
+        history: list[dict[str, Any]] = list(status.get("history") or [])
+        latest, server_state = _ref(status.get("latest")), _ref(status.get("serverState"))
+        patch: dict[str, Any] = {"specHash": digest, "observedGeneration": generation,
+                                 "startTime": status.get("startTime") or now_iso(now)}
+        phase, message, done = "Running", "", False
+        while True:
+            rnd = round_spec(training, current, latest, server_state)
+            name = rnd.metadata.name
+            obj = await self.hub.get_round(namespace, name)
+            if obj is None:
+                wire = dump(rnd)
+                wire["metadata"]["namespace"] = namespace
+                wire["metadata"]["labels"] = {"fedma.io/training": training.metadata.name,
+                                              "fedma.io/round": str(current)}
+                if meta.get("uid"):
+                    wire["metadata"]["ownerReferences"] = [{
+                        "apiVersion": body.get("apiVersion"), "kind": "FederatedTraining",
+                        "name": meta["name"], "uid": meta["uid"], "controller": True,
+                        "blockOwnerDeletion": True}]
+                if await self.hub.create_round(namespace, wire):
+                    events.append(("Normal", "RoundCreated", f"round {current}/{total}: {name}"))
+                message = f"round {current} of {total} created"
+                break
+            rstatus = obj.get("status") or {}
+            rphase = rstatus.get("phase")
+            if rphase == RoundPhase.SUCCEEDED:
+                out = _ref(rstatus.get("output"))
+                if out is None:
+                    phase, done = "Failed", True
+                    message = f"round {current} succeeded without an output in its status"
+                    break
+                if not any(h.get("round") == current for h in history):
+                    silos = rstatus.get("silos") or {}
+                    history.append({
+                        "round": current, "name": name, "phase": rphase,
+                        "loss": rstatus.get("loss"), "output": rstatus.get("output"),
+                        "included": sorted((rstatus.get("aggregation") or {})
+                                           .get("included", {}).keys()),
+                        "excluded": sorted(s for s, e in silos.items()
+                                           if e.get("phase") == "Excluded"),
+                        "completionTime": rstatus.get("completionTime"),
+                    })
+                latest, server_state = out, _ref(rstatus.get("serverState"))
+                patch["loss"] = rstatus.get("loss")
+                if current >= total:
+                    phase, done = "Succeeded", True
+                    message = f"all {total} rounds succeeded"
+                    break
+                current += 1
+                continue
+            if rphase == RoundPhase.FAILED:
+                phase, done = "Failed", True
+                message = f"round {current} failed: {rstatus.get('message', '')}"
+                break
+            message = f"round {current} of {total}: {rphase or 'Pending'}"
+            break
+        patch.update(phase=phase, message=message, currentRound=current,
+                     completedRounds=len(history), history=history,
+                     latest=latest.model_dump() if latest else None,
+                     serverState=server_state.model_dump() if server_state else None)
+        conds = []
+        if done:
+            patch["completionTime"] = now_iso(now)
+            conds.append(condition("Succeeded", phase == "Succeeded", phase, message,
+                                   generation, now))
+        if status.get("phase") != phase:
+            events.append(("Warning" if phase == "Failed" else "Normal", f"Training{phase}",
+                           message))
+        patch["conditions"] = merge_conditions(status.get("conditions") or [], conds)
+        return Outcome(patch, events, done)

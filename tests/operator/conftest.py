@@ -1,0 +1,251 @@
+"""The operator against kmock (a Kubernetes API emulator), with the test as Job controller.
+
+kmock has no controllers, no garbage collection and no label selectors; the operator needs
+none of them. What the tests stand in for: the Job controller and kubelet (``JobController``
+marks Jobs finished and writes the pod's termination message), and, in the e2e test, the
+container runtime (the Job's command runs as a local process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import kmock
+import kopf
+import pytest
+import pytest_asyncio
+from kubernetes_asyncio import client
+
+from fedma_operator.handlers import OperatorConfig, build_registry
+from fedma_operator.jobs import JobSettings
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+CRD_RESOURCES = {
+    "fedma.io/v1alpha1/federatedtrainings": ("FederatedTraining", "federatedtraining"),
+    "fedma.io/v1alpha1/federatedrounds": ("FederatedRound", "federatedround"),
+}
+TEST_AGENT = "fedma-tests"  # the tests' own requests are left out of the recorded API calls
+VERBS = {"list", "watch", "get", "create", "update", "patch", "delete"}
+
+
+class Emulator(kmock.KubernetesEmulator):
+    """Stamps what a real API server stamps: uid, creationTimestamp, generation (bumped when
+    the spec changes) and an increasing resourceVersion."""
+
+    _rv = itertools.count(1)
+
+    async def _handle(self, request: Any) -> Any:
+        data = getattr(request, "data", None)
+        if request.resource is not None and isinstance(data, dict):
+            rv = str(next(self._rv))
+            meta = data.setdefault("metadata", {})
+            if request.action == kmock.action.CREATE:
+                meta.setdefault("uid", str(uuid.uuid4()))
+                meta.setdefault("creationTimestamp",
+                                datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+                meta["generation"] = 1
+                meta["resourceVersion"] = rv
+            elif request.action == kmock.action.UPDATE:
+                meta["resourceVersion"] = rv
+                if "spec" in data and request.subresource is None:
+                    key = (request.resource, request.namespace, request.name)
+                    if key in self.objects:
+                        old = self.objects[key]
+                        if old.get("spec") != {**(old.get("spec") or {}), **data["spec"]}:
+                            meta["generation"] = int(old["metadata"].get("generation", 1)) + 1
+        return await super()._handle(request)
+
+
+@pytest.fixture
+def kmock_options(kmock_options: dict[str, Any]) -> dict[str, Any]:
+    return {**kmock_options, "cls": Emulator}
+
+
+def declare(k: Any) -> None:
+    for res, kind in (("v1/namespaces", ("Namespace", False)), ("v1/events", ("Event", True)),
+                      ("v1/pods", ("Pod", True)), ("v1/secrets", ("Secret", True)),
+                      ("batch/v1/jobs", ("Job", True)),
+                      ("apiextensions.k8s.io/v1/customresourcedefinitions",
+                       ("CustomResourceDefinition", False))):
+        k.resources[res] = kmock.ResourceInfo(kind=kind[0], namespaced=kind[1], verbs=VERBS,
+                                              subresources={"status"} if res.endswith("jobs")
+                                              else set())
+    for res, (kind, singular) in CRD_RESOURCES.items():
+        k.resources[res] = kmock.ResourceInfo(kind=kind, singular=singular, namespaced=True,
+                                              verbs=VERBS, subresources={"status"})
+
+
+@pytest_asyncio.fixture
+async def k8s(kmock: Any) -> AsyncIterator[Any]:
+    declare(kmock)
+    yield kmock
+
+
+async def api_client(url: str) -> client.ApiClient:
+    cfg = client.Configuration(host=url.rstrip("/"))
+    return client.ApiClient(cfg)
+
+
+class OperatorHandle:
+    """Start/stop a real kopf operator in this event loop (a restart is stop + start)."""
+
+    def __init__(self, k: Any, interval: float = 0.2, settings: JobSettings | None = None):
+        self.k = k
+        self.url = str(k.url).rstrip("/")
+        self.interval = interval
+        self.settings = settings or JobSettings(trainer_image="fedma-trainer:test")
+        self.task: asyncio.Task | None = None
+        self.stop_flag: asyncio.Event | None = None
+
+    async def start(self) -> None:
+        registry = build_registry(OperatorConfig(self.settings, self.interval),
+                                  api_factory=lambda: api_client(self.url))
+
+        @kopf.on.login(registry=registry)
+        def login(**_: Any) -> kopf.ConnectionInfo:
+            return kopf.ConnectionInfo(server=self.url, insecure=True)
+
+        self.stop_flag = asyncio.Event()
+        self.task = asyncio.create_task(kopf.operator(
+            registry=registry, standalone=True, clusterwide=True,
+            stop_flag=self.stop_flag))
+
+    async def stop(self) -> None:
+        if self.task is None:
+            return
+        assert self.stop_flag is not None
+        self.stop_flag.set()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(self.task, 10)
+        self.task = None
+
+
+@pytest_asyncio.fixture
+async def operator(k8s: Any) -> AsyncIterator[OperatorHandle]:
+    handle = OperatorHandle(k8s)
+    await handle.start()
+    try:
+        yield handle
+    finally:
+        await handle.stop()
+        record_api_calls(k8s)
+
+
+class Api:
+    """The test's own client: what a user (kubectl) and the Job controller would do."""
+
+    def __init__(self, k: Any):
+        self.k = k
+
+    async def call(self, method: str, path: str, body: Any = None,
+                   content_type: str = "application/json") -> Any:
+        headers = {"Content-Type": content_type, "User-Agent": TEST_AGENT}
+        async with self.k.request(method, path, data=json.dumps(body) if body is not None
+                                  else None, headers=headers) as resp:
+            text = await resp.text()
+            if resp.status >= 400:
+                raise RuntimeError(f"{method} {path}: {resp.status} {text}")
+            return json.loads(text) if text else None
+
+    async def create(self, path: str, body: dict[str, Any]) -> Any:
+        return await self.call("POST", path, body)
+
+    async def patch(self, path: str, body: dict[str, Any]) -> Any:
+        return await self.call("PATCH", path, body, "application/merge-patch+json")
+
+    async def get(self, path: str) -> Any:
+        return await self.call("GET", path)
+
+    async def items(self, path: str) -> list[dict[str, Any]]:
+        return (await self.get(path))["items"]
+
+
+def rounds_path(ns: str = "default") -> str:
+    return f"/apis/fedma.io/v1alpha1/namespaces/{ns}/federatedrounds"
+
+
+def trainings_path(ns: str = "default") -> str:
+    return f"/apis/fedma.io/v1alpha1/namespaces/{ns}/federatedtrainings"
+
+
+def jobs_path(ns: str = "default") -> str:
+    return f"/apis/batch/v1/namespaces/{ns}/jobs"
+
+
+class JobController:
+    """Plays the Job controller and kubelet: finishes Jobs and writes termination messages."""
+
+    def __init__(self, api: Api):
+        self.api = api
+
+    async def jobs(self, ns: str = "default", **labels: str) -> list[dict[str, Any]]:
+        out = []
+        for j in await self.api.items(jobs_path(ns)):
+            lbl = j["metadata"].get("labels") or {}
+            if all(lbl.get(f"fedma.io/{k}") == v for k, v in labels.items()):
+                out.append(j)
+        return out
+
+    async def finish(self, job: dict[str, Any], succeeded: bool, message: dict[str, Any] | None,
+                     reason: str = "BackoffLimitExceeded") -> None:
+        ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": f"{name}-pod", "namespace": ns, "labels": {"job-name": name}},
+            "status": {"phase": "Succeeded" if succeeded else "Failed", "containerStatuses": [{
+                "name": "c", "state": {"terminated": {
+                    "exitCode": 0 if succeeded else 1,
+                    "message": json.dumps(message) if message else ""}}}]}}
+        with contextlib.suppress(RuntimeError):  # a retried finish finds its pod already there
+            await self.api.create(f"/api/v1/namespaces/{ns}/pods", pod)
+        cond = ({"type": "Complete", "status": "True"} if succeeded else
+                {"type": "Failed", "status": "True", "reason": reason, "message": "boom"})
+        await self.api.patch(f"{jobs_path(ns)}/{name}/status", {"status": {
+            "succeeded": 1 if succeeded else 0, "failed": 0 if succeeded else 1,
+            "conditions": [cond]}})
+
+
+async def wait_for(predicate, timeout: float = 20.0, step: float = 0.1, what: str = "condition"):
+    deadline = asyncio.get_running_loop().time() + timeout
+    last = None
+    while asyncio.get_running_loop().time() < deadline:
+        last = await predicate()
+        if last:
+            return last
+        await asyncio.sleep(step)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+_CALLS: set[tuple[str, str, str, bool]] = set()
+
+
+def record_api_calls(k: Any) -> None:
+    """Every request the operator made, as (verb, group, resource, namespaced), for RBAC."""
+    for req in list(getattr(k, "requests", [])):
+        res = getattr(req, "resource", None)
+        if res is None or getattr(req, "action", None) is None:
+            continue
+        if TEST_AGENT in str((getattr(req, "headers", None) or {}).get("User-Agent", "")):
+            continue
+        verb = {"LIST": "list", "WATCH": "watch", "FETCH": "get", "CREATE": "create",
+                "UPDATE": "patch", "DELETE": "delete"}.get(req.action.value, req.action.value)
+        if req.action.value == "UPDATE" and str(getattr(req, "method", "")).upper() == "PUT":
+            verb = "update"
+        resource = res.plural + (f"/{req.subresource}" if getattr(req, "subresource", None)
+                                 else "")
+        _CALLS.add((verb, res.group or "", resource, bool(req.namespace)))
+
+
+def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
+    if _CALLS:
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / "api-calls.json").write_text(json.dumps(
+            [{"verb": v, "group": g, "resource": r, "namespaced": n}
+             for v, g, r, n in sorted(_CALLS)], indent=1) + "\n")

@@ -27,19 +27,20 @@ def _noop(verb: str, resource: str, seconds: float, error: bool) -> None:
 
 
 async def _timed(observe: Observer, verb: str, resource: str,
-                 call: Callable[[], Awaitable[Any]]) -> Any:
+                 call: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
+    """Run one raw call; returns the decoded body, raises ApiException on a non-2xx status
+    (raw responses are not status-checked by the client itself)."""
     t0 = time.perf_counter()
     try:
-        out = await call()
+        resp = await call()
+        body = await resp.read()
+        if not 200 <= resp.status <= 299:
+            raise ApiException(status=resp.status, reason=body.decode(errors="replace")[:500])
     except ApiException as exc:
         observe(verb, resource, time.perf_counter() - t0, exc.status not in (404, 409))
         raise
     observe(verb, resource, time.perf_counter() - t0, False)
-    return out
-
-
-async def _items(resp: Any) -> list[dict[str, Any]]:
-    return json.loads(await resp.read()).get("items", [])
+    return json.loads(body) if body else {}
 
 
 def matches(obj: dict[str, Any], selector: dict[str, str]) -> bool:
@@ -59,9 +60,9 @@ class Cluster:
         self.core = client.CoreV1Api(api)
 
     async def list_jobs(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
-        resp = await _timed(self.observe, "list", "jobs", lambda: self.batch.list_namespaced_job(
+        out = await _timed(self.observe, "list", "jobs", lambda: self.batch.list_namespaced_job(
             namespace, _preload_content=False))
-        return [j for j in await _items(resp) if matches(j, selector)]
+        return [j for j in out.get("items", []) if matches(j, selector)]
 
     async def create_job(self, namespace: str, body: dict[str, Any]) -> bool:
         """True if created, False if it already existed (adopted)."""
@@ -83,9 +84,9 @@ class Cluster:
                 raise
 
     async def list_pods(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
-        resp = await _timed(self.observe, "list", "pods", lambda: self.core.list_namespaced_pod(
+        out = await _timed(self.observe, "list", "pods", lambda: self.core.list_namespaced_pod(
             namespace, _preload_content=False))
-        return [p for p in await _items(resp) if matches(p, selector)]
+        return [p for p in out.get("items", []) if matches(p, selector)]
 
 
 class Hub(Cluster):
@@ -97,7 +98,7 @@ class Hub(Cluster):
 
     async def get_round(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            resp = await _timed(self.observe, "get", "federatedrounds",
+            return await _timed(self.observe, "get", "federatedrounds",
                                 lambda: self.custom.get_namespaced_custom_object(
                                     GROUP, VERSION, namespace, "federatedrounds", name,
                                     _preload_content=False))
@@ -105,7 +106,6 @@ class Hub(Cluster):
             if exc.status == 404:
                 return None
             raise
-        return json.loads(await resp.read())
 
     async def create_round(self, namespace: str, body: dict[str, Any]) -> bool:
         try:
@@ -120,7 +120,6 @@ class Hub(Cluster):
         return True
 
     async def get_secret(self, namespace: str, name: str) -> dict[str, Any]:
-        resp = await _timed(self.observe, "get", "secrets",
+        return await _timed(self.observe, "get", "secrets",
                             lambda: self.core.read_namespaced_secret(
                                 name, namespace, _preload_content=False))
-        return json.loads(await resp.read())

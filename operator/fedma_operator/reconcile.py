@@ -113,6 +113,47 @@ def _digest_ok(ref: Any) -> bool:
             and len(ref["digest"]) == 64 and isinstance(ref.get("uri"), str))
 
 
+def accept_spec(body: dict[str, Any], status: dict[str, Any], generation: int, now: datetime
+                ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]],
+                           list[tuple[str, str, str]]]:
+    """The spec to act on: the one accepted at the first reconcile, kept in status.
+
+    A spec is immutable once work started. An edit is refused with a condition and an
+    Event, and the object goes on under the accepted spec (never half-applied); restoring
+    the spec clears the condition. Returns (spec, status patch, conditions, events).
+    """
+    current = body.get("spec") or {}
+    accepted = status.get("acceptedSpec") or current
+    patch: dict[str, Any] = {"acceptedSpec": accepted, "observedGeneration": generation}
+    refused_before = any(c.get("type") == "SpecChangeRefused" and c.get("status") == "True"
+                         for c in status.get("conditions") or [])
+    conds: list[dict[str, Any]] = []
+    events: list[tuple[str, str, str]] = []
+    if spec_hash(current) != spec_hash(accepted):
+        msg = (f"spec changed at generation {generation} after work started; the change is not "
+               "applied (the spec is immutable) and the object goes on with the spec it was "
+               "accepted with: restore it, or create a new object")
+        conds.append(condition("SpecChangeRefused", True, "SpecImmutable", msg, generation, now))
+        if not refused_before:
+            events.append(("Warning", "SpecChangeRefused", msg))
+    elif refused_before:
+        conds.append(condition("SpecChangeRefused", False, "SpecRestored",
+                               "spec matches the accepted one again", generation, now))
+    return accepted, patch, conds, events
+
+
+def invalid(exc: SpecError, status: dict[str, Any], generation: int, now: datetime) -> Outcome:
+    msg = "; ".join(f"spec.{p}: {m}" if not p.startswith(("apiVersion", "kind", "metadata"))
+                    else f"{p}: {m}" for p, m in exc.errors)
+    return Outcome({
+        "phase": RoundPhase.FAILED, "observedGeneration": generation,
+        "completionTime": now_iso(now), "message": msg,
+        "conditions": merge_conditions(status.get("conditions") or [], [
+            condition("InvalidSpec", True, "InvalidSpec", msg, generation, now),
+            condition("Succeeded", False, "InvalidSpec", msg, generation, now)]),
+    }, [("Warning", "InvalidSpec", msg)], done=True)
+
+
 class RoundReconciler:
     def __init__(self, pool: ClusterPool, settings: jobs.JobSettings, metrics: Any = None):
         self.pool = pool
@@ -126,41 +167,20 @@ class RoundReconciler:
         namespace = meta.get("namespace") or "default"
         if status.get("phase") in (RoundPhase.SUCCEEDED, RoundPhase.FAILED):
             return Outcome({}, done=True)
+        spec, patch, conds, events = accept_spec(body, status, generation, now)
         try:
-            rnd = parse({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec")
-                         if k in body}, source=f"FederatedRound {namespace}/{meta.get('name')}")
+            rnd = parse({**{k: body[k] for k in ("apiVersion", "kind", "metadata") if k in body},
+                         "spec": spec},
+                        source=f"FederatedRound {namespace}/{meta.get('name')}")
         except SpecError as exc:
-            msg = "; ".join(f"spec.{p}: {m}" if not p.startswith(("apiVersion", "kind")) else
-                            f"{p}: {m}" for p, m in exc.errors)
-            return Outcome({
-                "phase": RoundPhase.FAILED, "observedGeneration": generation,
-                "completionTime": now_iso(now), "message": msg,
-                "conditions": merge_conditions(status.get("conditions") or [], [
-                    condition("InvalidSpec", True, "InvalidSpec", msg, generation, now),
-                    condition("Succeeded", False, "InvalidSpec", msg, generation, now)]),
-            }, [("Warning", "InvalidSpec", msg)], done=True)
+            return invalid(exc, status, generation, now)
         assert isinstance(rnd, FederatedRound)
-        digest = spec_hash(body.get("spec") or {})
-        if status.get("specHash") and status["specHash"] != digest:
-            msg = ("spec changed after the round started; the change is not applied (a "
-                   "round's spec is immutable): restore it, or start a new training")
-            conds = merge_conditions(status.get("conditions") or [], [
-                condition("SpecChangeRefused", True, "SpecImmutable", msg, generation, now)])
-            events = [] if any(c["type"] == "SpecChangeRefused" and c["status"] == "True"
-                               for c in status.get("conditions") or []) else [
-                ("Warning", "SpecChangeRefused", msg)]
-            return Outcome({"conditions": conds}, events)
         start = parse_time(status.get("startTime")) or now
-        patch: dict[str, Any] = {"specHash": digest, "startTime": now_iso(start),
-                                 "observedGeneration": generation}
-        conds: list[dict[str, Any]] = []
-        if any(c["type"] == "SpecChangeRefused" and c["status"] == "True"
-               for c in status.get("conditions") or []):
-            conds.append(condition("SpecChangeRefused", False, "SpecRestored",
-                                   "spec matches the one the round started with", generation,
-                                   now))
-        return await self._run(rnd, body, status, patch, conds, namespace, generation, now,
-                               (now - start).total_seconds())
+        patch.update(startTime=now_iso(start))
+        out = await self._run(rnd, body, status, patch, conds, namespace, generation, now,
+                              (now - start).total_seconds())
+        out.events[:0] = events
+        return out
 
     # -- the round ---------------------------------------------------------------------------
     async def _run(self, rnd: FederatedRound, body: dict[str, Any], status: dict[str, Any],

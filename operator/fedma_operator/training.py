@@ -16,10 +16,11 @@ from fedma.spec import FederatedTraining, ProjectorRef, SpecError, dump, parse, 
 from fedma_operator.kube import Hub
 from fedma_operator.reconcile import (
     Outcome,
+    accept_spec,
     condition,
+    invalid,
     merge_conditions,
     now_iso,
-    spec_hash,
 )
 
 
@@ -40,36 +41,21 @@ class TrainingReconciler:
         namespace = meta.get("namespace") or "default"
         if status.get("phase") in ("Succeeded", "Failed"):
             return Outcome({}, done=True)
+        spec, patch, conds, events = accept_spec(body, status, generation, now)
         try:
-            training = parse({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec")
-                              if k in body}, source=f"FederatedTraining {namespace}/"
-                             f"{meta.get('name')}")
+            training = parse({**{k: body[k] for k in ("apiVersion", "kind", "metadata")
+                                 if k in body}, "spec": spec},
+                             source=f"FederatedTraining {namespace}/{meta.get('name')}")
         except SpecError as exc:
-            msg = "; ".join(f"spec.{p}: {m}" for p, m in exc.errors)
-            return Outcome({
-                "phase": "Failed", "message": msg, "observedGeneration": generation,
-                "conditions": merge_conditions(status.get("conditions") or [], [
-                    condition("InvalidSpec", True, "InvalidSpec", msg, generation, now),
-                    condition("Succeeded", False, "InvalidSpec", msg, generation, now)]),
-            }, [("Warning", "InvalidSpec", msg)], done=True)
+            out = invalid(exc, status, generation, now)
+            out.status.pop("completionTime", None)
+            return out
         assert isinstance(training, FederatedTraining)
-        digest = spec_hash(body.get("spec") or {})
-        if status.get("specHash") and status["specHash"] != digest:
-            msg = ("spec changed after the training started; not applied to any round (the "
-                   "spec is immutable): restore it, or create a new FederatedTraining")
-            already = any(c["type"] == "SpecChangeRefused" and c["status"] == "True"
-                          for c in status.get("conditions") or [])
-            return Outcome({"conditions": merge_conditions(status.get("conditions") or [], [
-                condition("SpecChangeRefused", True, "SpecImmutable", msg, generation, now)])},
-                [] if already else [("Warning", "SpecChangeRefused", msg)])
-
-        events: list[tuple[str, str, str]] = []
         total = training.spec.rounds
         current = int(status.get("currentRound") or 1)
         history: list[dict[str, Any]] = list(status.get("history") or [])
         latest, server_state = _ref(status.get("latest")), _ref(status.get("serverState"))
-        patch: dict[str, Any] = {"specHash": digest, "observedGeneration": generation,
-                                 "startTime": status.get("startTime") or now_iso(now)}
+        patch["startTime"] = status.get("startTime") or now_iso(now)
         phase, message, done = "Running", "", False
         while True:
             rnd = round_spec(training, current, latest, server_state)
@@ -126,7 +112,6 @@ class TrainingReconciler:
                      completedRounds=len(history), history=history,
                      latest=latest.model_dump() if latest else None,
                      serverState=server_state.model_dump() if server_state else None)
-        conds = []
         if done:
             patch["completionTime"] = now_iso(now)
             conds.append(condition("Succeeded", phase == "Succeeded", phase, message,

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import jsonschema
 import yaml
+
 from fedma_operator.crds import build_crds, render
 
 ROOT = Path(__file__).resolve().parents[2]

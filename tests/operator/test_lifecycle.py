@@ -90,3 +90,166 @@ async def test_three_silo_round_succeeds(k8s, operator):
 async def _n_jobs(ctl: JobController, n: int, **labels: str):
     jobs = await ctl.jobs(**labels)
     return jobs if len(jobs) >= n else None
+
+
+async def _finish_all(ctl: JobController, api: Api, rnd: int = 1, fail: set[str] = frozenset(),
+                      attempt: str | None = None, name: str = "demo-r0001") -> None:
+    for j in await ctl.jobs(role="silo", **{"round-name": name}):
+        lbl = j["metadata"]["labels"]
+        if attempt and lbl["fedma.io/attempt"] != attempt:
+            continue
+        if (j.get("status") or {}).get("conditions"):
+            continue
+        silo = lbl["fedma.io/silo"]
+        if silo in fail:
+            await ctl.finish(j, False, {"silo": silo, "status": "Failed",
+                                        "reason": "DataError: /data/x.jsonl:3: bad caption"})
+        else:
+            await ctl.finish(j, True, silo_summary(silo, rnd))
+
+
+async def test_failed_silo_is_retried_then_excluded_and_round_goes_on(k8s, operator):
+    api, ctl = Api(k8s), JobController(Api(k8s))
+    await api.create(rounds_path(), round_body(minSilos=2, backoffLimit=1))
+    await wait_for(lambda: _n_jobs(ctl, 3, role="silo"), what="3 silo Jobs")
+    await _finish_all(ctl, api, fail={"silo-3"})
+    retry = await wait_for(lambda: _n_jobs(ctl, 1, silo="silo-3", attempt="2"), what="retry")
+    assert retry[0]["metadata"]["name"] == "demo-r0001-silo-3-a2"
+    await ctl.finish(retry[0], False, {"silo": "silo-3", "status": "Failed",
+                                       "reason": "DataError: still bad"})
+    agg = await wait_for(lambda: _n_jobs(ctl, 1, role="aggregate"), what="aggregation Job")
+    cmd = agg[0]["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert [c.split("=")[0] for c in cmd if c.startswith("silo-")] == ["silo-1", "silo-2"]
+    st = (await get_round(api))["status"]
+    assert st["silos"]["silo-3"]["phase"] == "Excluded"
+    assert "still bad" in st["silos"]["silo-3"]["reason"]
+    assert st["silos"]["silo-3"]["attempts"] == 2
+    await ctl.finish(agg[0], True, agg_summary())
+    st = (await wait_for(lambda: phase_is(api, "Succeeded")))["status"]
+    assert st["aggregation"]["excluded"] == ["silo-3"]
+    assert len(await ctl.jobs(role="silo", silo="silo-3")) == 2  # no third attempt
+
+
+async def test_quorum_impossible_fails_the_round_with_the_reasons(k8s, operator):
+    api, ctl = Api(k8s), JobController(Api(k8s))
+    await api.create(rounds_path(), round_body(minSilos=3, backoffLimit=0))
+    await wait_for(lambda: _n_jobs(ctl, 3, role="silo"), what="3 silo Jobs")
+    await _finish_all(ctl, api, fail={"silo-2"})
+    obj = await wait_for(lambda: phase_is(api, "Failed"), what="Failed")
+    assert "quorum impossible" in obj["status"]["message"]
+    assert "silo-2" in obj["status"]["message"] and "bad caption" in obj["status"]["message"]
+    cond = {c["type"]: c for c in obj["status"]["conditions"]}["Succeeded"]
+    assert cond["status"] == "False"
+    assert not await ctl.jobs(role="aggregate")
+
+
+async def test_straggler_is_excluded_at_the_deadline_and_its_late_update_ignored(k8s, operator):
+    api, ctl = Api(k8s), JobController(Api(k8s))
+    await api.create(rounds_path(), round_body(minSilos=2, deadlineSeconds=2))
+    jobs = await wait_for(lambda: _n_jobs(ctl, 3, role="silo"), what="3 silo Jobs")
+    for j in jobs:
+        if j["metadata"]["labels"]["fedma.io/silo"] != "silo-3":
+            await ctl.finish(j, True, silo_summary(j["metadata"]["labels"]["fedma.io/silo"]))
+    agg = await wait_for(lambda: _n_jobs(ctl, 1, role="aggregate"), timeout=10,
+                         what="aggregation at the deadline")
+    st = (await wait_for(lambda: phase_is(api, "Aggregating")))["status"]
+    assert st["silos"]["silo-3"]["phase"] == "Excluded"
+    assert "deadline" in st["silos"]["silo-3"]["reason"]
+    # The straggler's Job was stopped (it holds accelerators) ...
+    assert not await ctl.jobs(role="silo", silo="silo-3")
+    cmd = agg[0]["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert "silo-3" not in " ".join(cmd)
+    await ctl.finish(agg[0], True, agg_summary())
+    st = (await wait_for(lambda: phase_is(api, "Succeeded")))["status"]
+    assert st["silos"]["silo-3"]["phase"] == "Excluded"
+
+
+async def test_invalid_spec_fails_with_the_field_path(k8s, operator):
+    api = Api(k8s)
+    body = round_body()
+    body["spec"]["training"] = {"batchSize": 0, "learningRat": 0.1}
+    await api.create(rounds_path(), body)
+    obj = await wait_for(lambda: phase_is(api, "Failed"), what="Failed")
+    conds = {c["type"]: c for c in obj["status"]["conditions"]}
+    assert conds["InvalidSpec"]["status"] == "True"
+    msg = conds["InvalidSpec"]["message"]
+    assert "spec.training.batchSize" in msg and "spec.training.learningRat" in msg
+    assert not await JobController(api).jobs()
+
+
+async def test_spec_change_after_start_is_refused_not_applied(k8s, operator):
+    api, ctl = Api(k8s), JobController(Api(k8s))
+    await api.create(rounds_path(), round_body())
+    await wait_for(lambda: _n_jobs(ctl, 3, role="silo"), what="3 silo Jobs")
+    await wait_for(lambda: phase_is(api, "Training"))
+    await api.patch(f"{rounds_path()}/demo-r0001", {"spec": {"aggregation": {"minSilos": 1}}})
+
+    async def refused():
+        st = (await get_round(api)).get("status") or {}
+        return any(c["type"] == "SpecChangeRefused" and c["status"] == "True"
+                   for c in st.get("conditions") or [])
+
+    await wait_for(refused, what="SpecChangeRefused")
+    await _finish_all(ctl, api, fail={"silo-1"})
+    # minSilos stays at 3 (the refused edit would have allowed aggregating 2 updates).
+    await wait_for(lambda: _n_jobs(ctl, 1, silo="silo-1", attempt="2"), what="retry")
+    assert not await ctl.jobs(role="aggregate")
+
+
+async def test_operator_restart_mid_round_adopts_jobs_and_completes(k8s, operator):
+    api, ctl = Api(k8s), JobController(Api(k8s))
+    await api.create(rounds_path(), round_body())
+    await wait_for(lambda: _n_jobs(ctl, 3, role="silo"), what="3 silo Jobs")
+    await wait_for(lambda: phase_is(api, "Training"))
+    await operator.stop()
+    await _finish_all(ctl, api)  # silos finish while the operator is down
+    await operator.start()
+    agg = await wait_for(lambda: _n_jobs(ctl, 1, role="aggregate"), what="aggregation Job")
+    await operator.stop()
+    await operator.start()
+    await ctl.finish(agg[0], True, agg_summary())
+    await wait_for(lambda: phase_is(api, "Succeeded"), what="Succeeded")
+    assert len(await ctl.jobs(role="silo")) == 3 and len(await ctl.jobs(role="aggregate")) == 1
+    creates = [r for r in k8s if getattr(r, "action", None) is not None
+               and r.action.value == "CREATE" and r.resource is not None
+               and r.resource.plural == "jobs"]
+    # Every create reached the server once per Job: no duplicate (even a 409) was needed.
+    assert len(creates) == 4
+
+
+async def test_training_chains_three_rounds(k8s, operator):
+    api, ctl = Api(k8s), JobController(Api(k8s))
+    body = round_body()
+    spec = {k: v for k, v in body["spec"].items()
+            if k not in ("trainingName", "round", "totalRounds")}
+    await api.create(trainings_path(), {"apiVersion": "fedma.io/v1alpha1",
+                                        "kind": "FederatedTraining",
+                                        "metadata": {"name": "demo", "namespace": "default"},
+                                        "spec": {**spec, "rounds": 3}})
+    for r in (1, 2, 3):
+        name = f"demo-r{r:04d}"
+        obj = await wait_for(lambda n=name: _round_exists(api, n), what=name)
+        assert obj["spec"]["round"] == r
+        if r > 1:  # round r starts from round r-1's output
+            assert obj["spec"]["input"] == {"uri": f"s3://fedma/runs/demo/round-{r - 1:04d}/"
+                                            "global.safetensors", "digest": "cd" * 32}
+        await wait_for(lambda n=name: _n_jobs(ctl, 3, role="silo", **{"round-name": n}))
+        await _finish_all(ctl, api, rnd=r, name=name)
+        agg = await wait_for(lambda n=name: _n_jobs(ctl, 1, role="aggregate",
+                                                    **{"round-name": n}))
+        await ctl.finish(agg[0], True, agg_summary(r))
+
+    async def done():
+        obj = await api.get(f"{trainings_path()}/demo")
+        return obj if (obj.get("status") or {}).get("phase") == "Succeeded" else None
+
+    st = (await wait_for(done, what="training Succeeded"))["status"]
+    assert st["completedRounds"] == 3 and [h["round"] for h in st["history"]] == [1, 2, 3]
+    assert st["latest"]["uri"].endswith("round-0003/global.safetensors")
+
+
+async def _round_exists(api: Api, name: str):
+    try:
+        return await api.get(f"{rounds_path()}/{name}")
+    except RuntimeError:
+        return None

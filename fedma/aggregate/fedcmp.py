@@ -12,7 +12,8 @@ Per 2-D weight tensor (out × in), with silo deltas Δᵢ = wᵢ − x, sample s
 
 1. Canonical space: U (out × r) = top-r left singular vectors of [√p₁·Δ₁ | … | √p_K·Δ_K].
    r is the smallest rank keeping ``energy`` of the squared Frobenius norm, capped at
-   ``max_rank`` (or fixed by ``rank``). Small matrices use an exact SVD; large ones a seeded
+   ``max_rank`` (or fixed by ``rank``). Small matrices use the exact eigenvectors of the
+   out × out Gram matrix (an exact SVD when that is not smaller); large ones a seeded
    randomized SVD (Halko et al.), so a 4096 × 4096 layer with 16+ silos stays fast.
 2. Coefficients: Cᵢ = Uᵀ Δᵢ (r × in), one row per shared direction; residual Rᵢ = Δᵢ − U Cᵢ.
 3. Reliability: agreement aᵢⱼ = Σ_{k≠i} pₖ·cos(Cᵢⱼ, Cₖⱼ) / Σ_{k≠i} pₖ (silo i against the
@@ -120,7 +121,13 @@ class FedCMP(ServerOptimizer):
         cap = int(min(self.opts["max_rank"], out, k * inp))
         if total == 0.0:
             return torch.zeros(out, 0, dtype=torch.float64)
-        if min(a.shape) <= EXACT_SVD_MAX:
+        if out <= EXACT_SVD_MAX and out <= k * inp:
+            # The left singular vectors are the eigenvectors of the out × out Gram matrix:
+            # one GEMM plus a small eigh, ~10× cheaper than an SVD of the wide matrix.
+            evals, evecs = torch.linalg.eigh(a @ a.T)
+            s = evals.flip(0).clamp_min(0).sqrt()
+            u = evecs.flip(1)
+        elif min(a.shape) <= EXACT_SVD_MAX:
             u, s, _ = torch.linalg.svd(a, full_matrices=False)
         else:
             with torch.random.fork_rng(devices=[]):

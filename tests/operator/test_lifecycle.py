@@ -253,3 +253,70 @@ async def _round_exists(api: Api, name: str):
         return await api.get(f"{rounds_path()}/{name}")
     except RuntimeError:
         return None
+
+
+async def test_silo_in_its_own_cluster_through_a_kubeconfig_secret(k8s, operator):
+    """Two API servers: the hub, and silo-2's own cluster reached with a kubeconfig Secret."""
+    import base64
+
+    import kmock
+    import yaml
+
+    from tests.operator.conftest import Emulator, declare
+
+    async with Emulator() as remote, kmock.Server(remote):
+        declare(remote)
+        url = str(remote.url).rstrip("/")
+        kubeconfig = {"apiVersion": "v1", "kind": "Config", "current-context": "silo",
+                      "clusters": [{"name": "silo", "cluster": {"server": url}}],
+                      "users": [{"name": "fedma", "user": {"token": "t0ken"}}],
+                      "contexts": [{"name": "silo", "context": {"cluster": "silo",
+                                                                "user": "fedma"}}]}
+        api, ctl = Api(k8s), JobController(Api(k8s))
+        rapi = Api(remote)
+        rctl = JobController(rapi)
+        await api.create("/api/v1/namespaces/default/secrets", {
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "silo-2-kubeconfig", "namespace": "default"},
+            "data": {"kubeconfig": base64.b64encode(yaml.safe_dump(kubeconfig).encode())
+                     .decode()}})
+        body = round_body(silos=2)
+        body["spec"]["silos"][1].update(kubeconfigSecret="silo-2-kubeconfig",
+                                        namespace="silo-ns", gpus=2)
+        body["spec"]["training"] = {"engine": "deepspeed"}
+        await api.create(rounds_path(), body)
+        remote_jobs = await wait_for(lambda: _remote_jobs(rctl), what="Job in the silo cluster")
+        job = remote_jobs[0]
+        assert job["metadata"]["namespace"] == "silo-ns"
+        assert "ownerReferences" not in job["metadata"]  # owners cannot cross clusters
+        c = job["spec"]["template"]["spec"]["containers"][0]
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == "2"
+        assert c["command"][:3] == ["torchrun", "--standalone", "--nproc-per-node=2"]
+        # The Bearer token came from the Secret, not from the hub's credentials.
+        reqs = [r for r in remote if getattr(r, "resource", None) is not None]
+        assert any("t0ken" in str((r.headers or {}).get("Authorization", "")) for r in reqs)
+        hub_jobs = await ctl.jobs(role="silo")
+        assert [j["metadata"]["labels"]["fedma.io/silo"] for j in hub_jobs] == ["silo-1"]
+        await ctl.finish(hub_jobs[0], True, silo_summary("silo-1"))
+        await rctl.finish(job, True, silo_summary("silo-2"))
+        agg = await wait_for(lambda: _n_jobs(ctl, 1, role="aggregate"), what="aggregation")
+        await ctl.finish(agg[0], True, agg_summary())
+        st = (await wait_for(lambda: phase_is(api, "Succeeded")))["status"]
+        assert st["silos"]["silo-2"]["cluster"] == "secret:silo-2-kubeconfig"
+
+
+async def _remote_jobs(ctl: JobController):
+    return await ctl.jobs("silo-ns") or None
+
+
+async def test_missing_kubeconfig_secret_excludes_the_silo_with_the_reason(k8s, operator):
+    api, ctl = Api(k8s), JobController(Api(k8s))
+    body = round_body(silos=2, minSilos=1, backoffLimit=0)
+    body["spec"]["silos"][1]["kubeconfigSecret"] = "nope"
+    await api.create(rounds_path(), body)
+    jobs = await wait_for(lambda: _n_jobs(ctl, 1, role="silo"), what="silo-1 Job")
+    await ctl.finish(jobs[0], True, silo_summary("silo-1"))
+    await wait_for(lambda: phase_is(api, "Aggregating"))
+    st = (await get_round(api))["status"]
+    assert st["silos"]["silo-2"]["phase"] == "Excluded"
+    assert "default/nope" in st["silos"]["silo-2"]["reason"]

@@ -3,8 +3,10 @@
 from pathlib import Path
 
 import jsonschema
+import pytest
 import yaml
 
+from fedma.spec import parse
 from fedma_operator.crds import build_crds, render
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,11 +52,13 @@ def test_schemas_are_structural_with_status_subresource_and_columns():
         "Training", "Round", "Phase", "Silos", "Loss", "Age"]
 
 
-def test_example_manifest_is_valid_against_the_generated_schema():
+@pytest.mark.parametrize("example", ["training.yaml", "cluster-training.yaml"])
+def test_example_manifests_are_valid_against_the_generated_schema(example):
     crd = build_crds()["fedma.io_federatedtrainings.yaml"]
     schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-    example = yaml.safe_load((ROOT / "examples" / "training.yaml").read_text())
+    example = yaml.safe_load((ROOT / "examples" / example).read_text())
     jsonschema.validate(example, schema)
+    parse(example)
     bad = {**example, "spec": {**example["spec"], "rounds": 0}}
     try:
         jsonschema.validate(bad, schema)

@@ -17,8 +17,12 @@ Per 2-D weight tensor (out × in), with silo deltas Δᵢ = wᵢ − x, sample s
    randomized SVD (Halko et al.), so a 4096 × 4096 layer with 16+ silos stays fast.
 2. Coefficients: Cᵢ = Uᵀ Δᵢ (r × in), one row per shared direction; residual Rᵢ = Δᵢ − U Cᵢ.
 3. Reliability: agreement aᵢⱼ = Σ_{k≠i} pₖ·cos(Cᵢⱼ, Cₖⱼ) / Σ_{k≠i} pₖ (silo i against the
-   others, row j); wᵢⱼ = pᵢ·exp(aᵢⱼ / T) / Σₖ pₖ·exp(aₖⱼ / T). A silo that pulls against the
-   others on a direction loses weight on that direction only (interference-aware).
+   others, row j); with ``conflict_only`` (default) each other silo's vote is scaled by
+   ρₖⱼ = min(1, ‖Cₖⱼ‖ / Σₗ pₗ‖Cₗⱼ‖) (a silo that barely moves along j does not judge it) and
+   âᵢⱼ = min(aᵢⱼ, 0); otherwise âᵢⱼ = aᵢⱼ with unscaled votes;
+   wᵢⱼ = pᵢ·exp(âᵢⱼ / T) / Σₖ pₖ·exp(âₖⱼ / T). A silo that pulls against the others on a
+   direction loses weight on that direction only (interference-aware); one that carries a
+   direction the others leave alone (complementary data) keeps its share.
 4. Fusion: C*ⱼ = Σᵢ wᵢⱼ Cᵢⱼ; D = U C* (+ Σᵢ pᵢ Rᵢ when ``keep_residual``).
 5. Orthogonality-preserved momentum: M ← β · U (Uᵀ M) + D; x ← x + η · M. History is projected
    onto the current shared basis, so it accumulates inside the alignment subspace and what
@@ -49,6 +53,11 @@ class FedCMP(ServerOptimizer):
         "rank": 0,  # fixed rank (0 = chosen by energy)
         "max_rank": 32,  # cap on r (and the randomized SVD's target)
         "temperature": 0.5,  # T in the reliability softmax
+        # 1: only conflict (negative agreement) costs weight; a silo that carries a direction
+        # the others do not touch (complementary data: cosine ≈ 0) keeps its sample share.
+        # 0: any shortfall of agreement costs weight (the first reconstruction; under label
+        # skew it starved the directions only a few silos carry — docs/quality.md).
+        "conflict_only": 1,
         "keep_residual": 1,  # 1: add the weighted mean of what lies outside the basis
         "seed": 0,  # randomized SVD seed (determinism)
     }
@@ -145,17 +154,30 @@ class FedCMP(ServerOptimizer):
         return u[:, :r]
 
     @staticmethod
-    def _agreement(coeff: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
+    def _agreement(coeff: torch.Tensor, shares: torch.Tensor, weigh_votes: bool = False
+                   ) -> torch.Tensor:
         """aᵢⱼ: share-weighted mean cosine between silo i's and the *other* silos' coefficient
         rows on direction j (K × r). Leaving i out matters: a large hostile silo cannot pull
         the consensus it is judged against, and opposite pulls do not cancel into a zero
-        consensus that makes every silo look equally reliable."""
+        consensus that makes every silo look equally reliable.
+
+        ``weigh_votes``: silo k's vote on direction j counts ρₖⱼ = min(1, ‖Cₖⱼ‖ / νⱼ), with
+        νⱼ = Σₗ pₗ‖Cₗⱼ‖, so a silo that barely moves along j (its row is noise there) does
+        not judge the silos that do — a direction only a few silos carry is not "contested"
+        by everyone else's noise."""
         k = coeff.shape[0]
         if k == 1:
             return torch.ones(1, coeff.shape[1], dtype=coeff.dtype)
-        unit = coeff / coeff.norm(dim=2, keepdim=True).clamp_min(1e-12)
+        norms = coeff.norm(dim=2)  # K × r
+        unit = coeff / norms[..., None].clamp_min(1e-12)
         cos = torch.einsum("kri,lri->rkl", unit, unit)  # r × K × K
-        weighted = torch.einsum("rkl,l->rk", cos, shares) - shares * cos.diagonal(dim1=1, dim2=2)
+        if weigh_votes:
+            nu = (shares[:, None] * norms).sum(0).clamp_min(1e-12)  # r
+            vote = shares[:, None] * (norms / nu).clamp_max(1.0)  # K × r
+        else:
+            vote = shares[:, None].expand_as(norms)
+        weighted = (torch.einsum("rkl,lr->rk", cos, vote)
+                    - vote.T * cos.diagonal(dim1=1, dim2=2))
         return (weighted / (1 - shares)).T  # K × r
 
     def _fuse(self, stack: torch.Tensor, shares: torch.Tensor
@@ -164,7 +186,10 @@ class FedCMP(ServerOptimizer):
         u = self._basis(stack, shares)
         r = u.shape[1]
         coeff = torch.einsum("or,koi->kri", u, stack)  # K × r × in
-        agree = self._agreement(coeff, shares)
+        conflict_only = bool(self.opts["conflict_only"])
+        agree = self._agreement(coeff, shares, weigh_votes=conflict_only)
+        if conflict_only:
+            agree = agree.clamp_max(0.0)
         logits = shares.log()[:, None] + agree / self.opts["temperature"]
         w = torch.softmax(logits, dim=0)  # K × r, sums to 1 over silos
         fused = torch.einsum("kr,kri->ri", w, coeff)

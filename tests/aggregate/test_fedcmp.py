@@ -106,3 +106,24 @@ def test_basis_is_orthonormal_across_rounds(side):
         stack = torch.randn(4, side, 48, dtype=torch.float64)
         u = s._basis(stack, shares)
         assert torch.allclose(u.T @ u, torch.eye(u.shape[1], dtype=u.dtype), atol=1e-6)
+
+
+def test_complementary_silos_keep_their_share_only_conflict_costs_weight():
+    """Label skew: silos push different, orthogonal directions. Conflict-only reliability
+    keeps FedAvg's weights for them; the plain-agreement rule starves minority directions."""
+    torch.manual_seed(3)
+    q = torch.linalg.qr(torch.randn(12, 12)).Q
+    majority = q[:, :1] @ torch.randn(1, 5)
+    deltas = [majority + 0.01 * torch.randn(12, 5) for _ in range(3)]
+    deltas.append(q[:, 5:6] @ torch.randn(1, 5))  # a direction only this silo carries
+    base, ups = make_updates(deltas)
+    opts = {"beta": 0.0, "energy": 0.9999, "keep_residual": 0}
+    avg = get_strategy("fedavg").aggregate(base, ups, {})
+    kept = get_strategy("fedcmp", opts).aggregate(base, ups, {})
+    starved = get_strategy("fedcmp", {**opts, "conflict_only": 0}).aggregate(base, ups, {})
+    minority = q[:, 5:6].T
+    along = {k: float((minority @ r.weights["w"]).norm()) for k, r in
+             (("avg", avg), ("kept", kept), ("starved", starved))}
+    # Kept at least at its FedAvg share (the others' noise that opposes it may lose weight).
+    assert along["kept"] >= 0.95 * along["avg"]
+    assert along["starved"] < 0.8 * along["avg"]

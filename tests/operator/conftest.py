@@ -105,8 +105,10 @@ async def api_client(url: str) -> client.ApiClient:
 class OperatorHandle:
     """Start/stop a real kopf operator in this event loop (a restart is stop + start)."""
 
-    def __init__(self, k: Any, interval: float = 0.2, settings: JobSettings | None = None):
+    def __init__(self, k: Any, interval: float = 0.2, settings: JobSettings | None = None,
+                 liveness_port: int | None = None):
         self.k = k
+        self.liveness_port = liveness_port
         self.url = str(k.url).rstrip("/")
         self.interval = interval
         self.settings = settings or JobSettings(trainer_image="fedma-trainer:test")
@@ -123,8 +125,9 @@ class OperatorHandle:
 
         self.stop_flag = asyncio.Event()
         self.task = asyncio.create_task(kopf.operator(
-            registry=registry, standalone=True, clusterwide=True,
-            stop_flag=self.stop_flag))
+            registry=registry, standalone=True, clusterwide=True, stop_flag=self.stop_flag,
+            liveness_endpoint=(f"http://127.0.0.1:{self.liveness_port}/healthz"
+                               if self.liveness_port else None)))
 
     async def stop(self) -> None:
         """Kill the operator mid-flight (no graceful shutdown): what a crash or an evicted

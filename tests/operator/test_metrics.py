@@ -61,6 +61,30 @@ async def test_metrics_endpoint_reports_rounds_silos_and_api_calls(k8s, operator
     assert "fedma_kubernetes_api_errors_total" in text
 
 
+@pytest.mark.operator
+@pytest.mark.asyncio
+async def test_liveness_probe_answers_while_the_operator_runs(k8s):
+    import asyncio
+
+    from tests.operator.conftest import OperatorHandle
+
+    port = _free_port()
+    handle = OperatorHandle(k8s, liveness_port=port)
+    await handle.start()
+    try:
+        async def probe():
+            try:
+                r = await asyncio.to_thread(urllib.request.urlopen,
+                                            f"http://127.0.0.1:{port}/healthz", None, 2)
+                return r.status == 200
+            except OSError:
+                return False
+
+        assert await wait_for(probe, what="/healthz")
+    finally:
+        await handle.stop()
+
+
 def test_entrypoint_needs_a_namespace_choice(monkeypatch, capsys):
     monkeypatch.delenv("FEDMA_NAMESPACE", raising=False)
     with pytest.raises(SystemExit):

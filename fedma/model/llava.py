@@ -77,9 +77,18 @@ class AlignmentModel(nn.Module):
     # -- forward ----------------------------------------------------------------------------
     def _hidden(self, features: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Final hidden states at the positions that predict each caption token: [B, T, H]."""
-        h, n_img = self._run(features, batch)
+        return self._caption_positions(*self._run(features, batch), batch)
+
+    @staticmethod
+    def _caption_positions(h: torch.Tensor, n_img: int, batch: Batch) -> torch.Tensor:
         # Position i predicts token i+1: the last image position predicts caption token 0.
         return h[:, n_img - 1 : n_img - 1 + batch.input_ids.shape[1]]
+
+    @staticmethod
+    def _token_nll(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Per-token NLL of the caption tokens, 0 at padding: [B, T]."""
+        nll = F.cross_entropy(logits.transpose(1, 2), batch.input_ids, reduction="none")
+        return nll * batch.attention_mask
 
     def _run(self, features: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, int]:
         """Final hidden states of every position of [image tokens, caption tokens]."""
@@ -110,11 +119,8 @@ class AlignmentModel(nn.Module):
 
     def caption_nll(self, proj: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Per-token caption NLL given projected image tokens, 0 at padding: [B, T]."""
-        h, n_img = self.run_embedded(proj, batch)
-        h = h[:, n_img - 1 : n_img - 1 + batch.input_ids.shape[1]]
-        logits = self.lm.get_output_embeddings()(h).float()
-        nll = F.cross_entropy(logits.transpose(1, 2), batch.input_ids, reduction="none")
-        return nll * batch.attention_mask
+        h = self._caption_positions(*self.run_embedded(proj, batch), batch)
+        return self._token_nll(self.lm.get_output_embeddings()(h).float(), batch)
 
     def loss(self, features: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, int]:
         """Mean next-token loss over caption tokens only; returns (loss, token count)."""
@@ -189,12 +195,10 @@ class AlignmentModel(nn.Module):
         if not same_prefix:
             loss, n = self.loss(features, captions)
             return loss * n, n, self.choice_scores(features, choices)
-        h = self._hidden(features, batch)
-        logits = self.lm.get_output_embeddings()(h).float()
-        nll = F.cross_entropy(logits.transpose(1, 2), batch.input_ids, reduction="none")
+        logits = self.lm.get_output_embeddings()(self._hidden(features, batch)).float()
         last = batch.attention_mask.sum(1) - 1
         lp = torch.log_softmax(logits[torch.arange(len(captions)), last], -1)
-        return (nll * batch.attention_mask).sum(), int(batch.attention_mask.sum()), \
+        return self._token_nll(logits, batch).sum(), int(batch.attention_mask.sum()), \
             lp.gather(1, fast[1])
 
     def _single_token_suffixes(self, choices: list[list[str]]):

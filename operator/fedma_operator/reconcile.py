@@ -195,6 +195,8 @@ class RoundReconciler:
         events: list[tuple[str, str, str]] = []
 
         obs_silos: dict[str, SiloObservation] = {}
+        # One list of this round's silo Jobs per (cluster, namespace), not one per silo.
+        round_jobs: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for silo in spec.silos:
             entry = silos.setdefault(silo.name, {"attempts": 0})
             ns = silo.namespace or namespace
@@ -206,7 +208,8 @@ class RoundReconciler:
             clusters[silo.name] = cluster
             entry["cluster"] = cluster.name if cluster else silo.kubeconfig_secret
             obs_silos[silo.name] = await self._observe_silo(rnd, silo.name, cluster, ns, entry,
-                                                            cluster_errors.get(silo.name))
+                                                            cluster_errors.get(silo.name),
+                                                            round_jobs)
 
         agg = dict(status.get("aggregation") or {})
         agg_state, agg_reason = await self._observe_aggregation(rnd, namespace, agg)
@@ -316,7 +319,8 @@ class RoundReconciler:
         return Outcome(patch, events, done)
 
     async def _observe_silo(self, rnd: FederatedRound, silo: str, cluster: Cluster | None,
-                            namespace: str, entry: dict[str, Any], cluster_error: str | None
+                            namespace: str, entry: dict[str, Any], cluster_error: str | None,
+                            round_jobs: dict[tuple[str, str], list[dict[str, Any]]]
                             ) -> SiloObservation:
         attempts = int(entry.get("attempts") or 0)
         recorded = entry.get("jobState")
@@ -327,9 +331,12 @@ class RoundReconciler:
                                    cluster_error or "")
         if recorded == JobState.SUCCEEDED and attempts:
             return SiloObservation(attempts, JobState.SUCCEEDED)
-        found = await cluster.list_jobs(namespace, {
-            f"{jobs.LABEL}/round-name": rnd.metadata.name, f"{jobs.LABEL}/silo": silo,
-            f"{jobs.LABEL}/role": "silo"})
+        key = (cluster.name, namespace)
+        if key not in round_jobs:
+            round_jobs[key] = await cluster.list_jobs(namespace, {
+                f"{jobs.LABEL}/round-name": rnd.metadata.name, f"{jobs.LABEL}/role": "silo"})
+        found = [j for j in round_jobs[key] if j["metadata"]["labels"].get(
+            f"{jobs.LABEL}/silo") == silo]
         by_attempt = {int(j["metadata"]["labels"][f"{jobs.LABEL}/attempt"]): j for j in found
                       if j["metadata"]["labels"].get(f"{jobs.LABEL}/attempt", "").isdigit()}
         if by_attempt and max(by_attempt) > attempts:

@@ -23,6 +23,7 @@ from fedma.model.llava import load_alignment_model
 from fedma.model.projector import load_projector_state, projector_state
 from fedma.spec import FederatedRound
 from fedma.store import ArtifactError, Store, global_rel, update_rel
+from fedma.telemetry import TrainerMetrics, metrics_port
 from fedma.train.batches import batches, round_shard, silo_records, stable_seed
 
 log = logging.getLogger("fedma.train")
@@ -77,6 +78,10 @@ def train_silo(rnd: FederatedRound, silo_name: str, *, termination_log: str | No
     if spec.training.threads:
         torch.set_num_threads(spec.training.threads)
     t0 = time.perf_counter()
+    telemetry = TrainerMetrics(spec.training_name, silo.name, spec.round)
+    port = metrics_port()
+    if port:
+        telemetry.serve(port)
     store = Store(spec.artifacts.uri)
     out_rel = update_rel(spec.training_name, spec.round, silo.name)
     rank = int(os.environ.get("RANK", "0"))
@@ -113,6 +118,7 @@ def train_silo(rnd: FederatedRound, silo_name: str, *, termination_log: str | No
     last_report = [time.perf_counter()]
 
     def report(step: int, loss: float) -> None:
+        telemetry.step(spec.training.batch_size, loss)
         if progress and (time.perf_counter() - last_report[0] > 2 or step == 1):
             log.info("silo %s round %d step %d loss %.4f", silo.name, spec.round, step, loss)
             last_report[0] = time.perf_counter()
@@ -141,6 +147,7 @@ def train_silo(rnd: FederatedRound, silo_name: str, *, termination_log: str | No
         summary["zero"] = partition
     if rank != 0:
         return summary
+    telemetry.set_phase("uploading")
     # Computed at load, before ZeRO-3 partitioned the weights (hashing them now would be wrong).
     fingerprints = model.fingerprints
     ref = store.put_tensors(out_rel, state, {
@@ -150,6 +157,7 @@ def train_silo(rnd: FederatedRound, silo_name: str, *, termination_log: str | No
     })
     summary.update(update=ref.as_dict(), seconds=round(time.perf_counter() - t0, 3))
     write_termination(termination_log, summary)
+    telemetry.set_phase("done")
     return summary
 
 

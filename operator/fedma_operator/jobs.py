@@ -34,6 +34,9 @@ class JobSettings:
     aggregator_cpu: str = "2"
     aggregator_memory: str = "8Gi"
     run_as_user: int = 1000
+    # Where a silo trainer serves its live metrics (fedma.telemetry); the chart's PodMonitor
+    # scrapes the container port named ``metrics``. 0 turns the endpoint off.
+    metrics_port: int = 9400
 
 
 def dns_name(*parts: str, limit: int = 63) -> str:
@@ -87,7 +90,8 @@ def _env(rnd: FederatedRound) -> list[dict[str, Any]]:
 
 
 def _container(name: str, image: str, command: list[str], rnd: FederatedRound,
-               resources: dict[str, Any], mounts: list[dict[str, Any]]) -> dict[str, Any]:
+               resources: dict[str, Any], mounts: list[dict[str, Any]], metrics_port: int = 0
+               ) -> dict[str, Any]:
     c: dict[str, Any] = {
         "name": name, "image": image, "command": command, "env": _env(rnd),
         "resources": resources, "securityContext": _security(),
@@ -98,6 +102,9 @@ def _container(name: str, image: str, command: list[str], rnd: FederatedRound,
     secret = rnd.spec.artifacts.credentials_secret
     if secret:
         c["envFrom"] = [{"secretRef": {"name": secret}}]
+    if metrics_port:
+        c["env"].append({"name": "FEDMA_METRICS_PORT", "value": str(metrics_port)})
+        c["ports"] = [{"name": "metrics", "containerPort": metrics_port, "protocol": "TCP"}]
     return c
 
 
@@ -157,7 +164,8 @@ def silo_job(rnd: FederatedRound, silo: SiloSpec, attempt: int, namespace: str,
                             "fsGroup": settings.run_as_user},
         "containers": [_container("trainer", silo.image or settings.trainer_image,
                                   silo_command(rnd, silo), rnd,
-                                  {"requests": res, "limits": limits}, mounts)],
+                                  {"requests": res, "limits": limits}, mounts,
+                                  settings.metrics_port)],
         "volumes": volumes,
     }
     if silo.node_selector:

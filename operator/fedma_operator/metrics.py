@@ -7,6 +7,7 @@ again, which ``rate()``/``increase()`` handle as a counter reset.
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime
 from typing import Any
 
@@ -33,6 +34,10 @@ SILO_THROUGHPUT = Gauge("fedma_silo_samples_per_second",
                         ["training", "silo"])
 ROUND_LOSS = Gauge("fedma_round_loss", "Sample-weighted training loss of the latest round",
                    ["training"])
+ROUND_DEADLINE = Gauge("fedma_round_deadline_timestamp_seconds",
+                       "Unix time by which an active round must have finished: its start, plus "
+                       "the deadline for silos, plus the same deadline for the aggregation Job. "
+                       "Present only while the round is active", ["training", "round"])
 CURRENT_ROUND = Gauge("fedma_training_current_round", "Round a training is in",
                       ["training"])
 AGG_SECONDS = Histogram("fedma_aggregation_duration_seconds",
@@ -65,8 +70,16 @@ class Metrics:
         if error:
             API_ERRORS.labels(verb, resource).inc()
 
-    def silo_job_started(self, training: str, silo: str) -> None:
+    def silo_job_started(self, training: str, silo: str, attempt: int = 1) -> None:
         SILO_JOBS.labels(training, silo, "created").inc()
+        if attempt > 1:  # a retry: the previous attempt failed
+            SILO_JOBS.labels(training, silo, "failed").inc()
+        # Every outcome exists from the first Job on, at 0: increase() over a series that
+        # appears at 1 would miss that first event (alerts count exclusions with it).
+        for outcome in ("failed", "succeeded", "excluded"):
+            SILO_JOBS.labels(training, silo, outcome)
+        for outcome in ("accepted", "excluded"):
+            UPDATES.labels(training, outcome)
 
     def silo_excluded(self, training: str, silo: str) -> None:
         SILO_JOBS.labels(training, silo, "excluded").inc()
@@ -98,6 +111,15 @@ class Metrics:
             start = _ts(status.get("startTime"))
             if start:
                 ROUND_SECONDS.labels(training, new).observe((now - start).total_seconds())
+
+    def round_active(self, training: str, round_name: str, must_finish_by: datetime) -> None:
+        ROUND_DEADLINE.labels(training, round_name).set(must_finish_by.timestamp())
+        for outcome in ("Succeeded", "Failed"):  # at 0 from the start, as above
+            ROUNDS.labels(training, outcome)
+
+    def round_finished(self, training: str, round_name: str) -> None:
+        with contextlib.suppress(KeyError):  # never reported, or already removed
+            ROUND_DEADLINE.remove(training, round_name)
 
     def training_progress(self, training: str, current: int, loss: Any) -> None:
         CURRENT_ROUND.labels(training).set(current)

@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fedma.rounds import (
@@ -243,7 +243,8 @@ class RoundReconciler:
                 events.append(("Normal", "SiloJobCreated",
                                f"silo {silo.name}: Job {name} (attempt {launch.attempt})"))
                 if self.metrics:
-                    self.metrics.silo_job_started(spec.training_name, silo.name)
+                    self.metrics.silo_job_started(spec.training_name, silo.name,
+                                                  launch.attempt)
 
         included_recorded = agg.get("included")
         if decision.aggregate is not None and not included_recorded:
@@ -315,6 +316,12 @@ class RoundReconciler:
             if self.metrics:
                 self.metrics.round_phase(spec.training_name, str(old_phase or ""), str(phase),
                                          body, now)
+        if self.metrics:
+            if done:
+                self.metrics.round_finished(spec.training_name, rnd.metadata.name)
+            else:
+                budget = timedelta(seconds=elapsed - 2 * spec.aggregation.deadline_seconds)
+                self.metrics.round_active(spec.training_name, rnd.metadata.name, now - budget)
         patch["conditions"] = merge_conditions(status.get("conditions") or [], conds)
         return Outcome(patch, events, done)
 

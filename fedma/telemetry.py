@@ -9,11 +9,13 @@ Only rank 0 of a multi-rank Job serves them (the ranks share one pod, one port).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, start_http_server
 
+log = logging.getLogger(__name__)
 PHASES = ("loading", "training", "uploading", "done")
 _STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -61,8 +63,15 @@ class TrainerMetrics:
         self.phase.state(phase)
         self._last = time.perf_counter()
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
-        start_http_server(port, addr=addr, registry=self.registry)
+    def serve(self, port: int, addr: str = "0.0.0.0") -> bool:
+        """Metrics are for watching, never a reason to fail a round: a port that cannot be
+        bound is logged and training goes on without the endpoint."""
+        try:
+            start_http_server(port, addr=addr, registry=self.registry)
+        except OSError as exc:
+            log.warning("no metrics endpoint on port %d: %s; training continues", port, exc)
+            return False
+        return True
 
 
 def metrics_port() -> int:

@@ -33,7 +33,7 @@ class JobSettings:
     service_account: str = "fedma-trainer"
     aggregator_cpu: str = "2"
     aggregator_memory: str = "8Gi"
-    run_as_user: int = 1000
+    run_as_user: int = 10001  # the images' user (images/*.Dockerfile)
     # Where a silo trainer serves its live metrics (fedma.telemetry); the chart's PodMonitor
     # scrapes the container port named ``metrics``. 0 turns the endpoint off.
     metrics_port: int = 9400

@@ -29,6 +29,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--trainer-service-account",
                    default=os.environ.get("FEDMA_TRAINER_SERVICE_ACCOUNT",
                                           JobSettings.service_account))
+    p.add_argument("--trainer-metrics-port", type=int,
+                   default=int(os.environ.get("FEDMA_TRAINER_METRICS_PORT",
+                                              JobSettings.metrics_port)),
+                   help="port of the trainer pods' live metrics (0: off)")
     p.add_argument("--interval", type=float, default=float(os.environ.get("FEDMA_INTERVAL", 10)),
                    help="seconds between reconciles of one object")
     p.add_argument("--verbose", action="store_true")
@@ -47,7 +51,8 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     serve(args.metrics_port)
     cfg = OperatorConfig(JobSettings(trainer_image=args.trainer_image,
-                                     service_account=args.trainer_service_account),
+                                     service_account=args.trainer_service_account,
+                                     metrics_port=args.trainer_metrics_port),
                          interval_s=args.interval)
     asyncio.run(kopf.operator(
         registry=build_registry(cfg), standalone=True, clusterwide=args.all_namespaces,

@@ -12,8 +12,11 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
+import socket
+import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -228,6 +231,60 @@ class JobController:
             "conditions": [cond]}})
 
 
+class Kubelet:
+    """Runs each Job's container command as a local process with the Job's environment (the
+    container runtime's stand-in), then reports back as the kubelet and Job controller would.
+    A container that declares a ``metrics`` port gets a free local port instead (pods have a
+    network namespace each; local processes share one); ``on_metrics(job, port)`` hears of it.
+    """
+
+    def __init__(self, api: Api, workdir: Path,
+                 on_metrics: Callable[[dict[str, Any], int], None] | None = None):
+        self.api = api
+        self.on_metrics = on_metrics
+        self.ctl = JobController(api)
+        self.workdir = workdir
+        self.started: set[str] = set()
+        self.tasks: list[asyncio.Task] = []
+        self.log: list[str] = []
+
+    async def run(self) -> None:
+        while True:
+            for job in await self.api.items("/apis/batch/v1/jobs"):
+                name = job["metadata"]["name"]
+                if name not in self.started and not (job.get("status") or {}).get("conditions"):
+                    self.started.add(name)
+                    self.tasks.append(asyncio.create_task(self.execute(job)))
+            await asyncio.sleep(0.2)
+
+    async def execute(self, job: dict[str, Any]) -> None:
+        c = job["spec"]["template"]["spec"]["containers"][0]
+        cmd = list(c["command"])
+        assert cmd[0] == "fedma", cmd
+        term = self.workdir / f"{job['metadata']['name']}.termination"
+        env = {**os.environ, "FEDMA_TERMINATION_LOG": str(term)}
+        for e in c["env"]:
+            if e["name"] not in ("HOME", "FEDMA_CACHE", "FEDMA_TERMINATION_LOG"):
+                env[e["name"]] = e["value"]
+        if any(p.get("name") == "metrics" for p in c.get("ports", [])):
+            env["FEDMA_METRICS_PORT"] = str(free_port())
+            if self.on_metrics:
+                self.on_metrics(job, int(env["FEDMA_METRICS_PORT"]))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "fedma.cli", *cmd[1:], env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await proc.communicate()
+        self.log.append(f"$ {' '.join(cmd)} -> {proc.returncode}\n{out.decode()[-2000:]}")
+        message = json.loads(term.read_text()) if term.exists() else None
+        await self.ctl.finish(job, proc.returncode == 0, message)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 async def wait_for(predicate, timeout: float = 20.0, step: float = 0.1, what: str = "condition"):
     deadline = asyncio.get_running_loop().time() + timeout
     last = None
@@ -239,11 +296,13 @@ async def wait_for(predicate, timeout: float = 20.0, step: float = 0.1, what: st
     raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
-_CALLS: set[tuple[str, str, str, bool]] = set()
+_CALLS: set[tuple[str, str, str, bool, str]] = set()
 
 
-def record_api_calls(k: Any) -> None:
-    """Every request the operator made, as (verb, group, resource, namespaced), for RBAC."""
+def record_api_calls(k: Any, cluster: str = "hub") -> None:
+    """Every request the operator made, as (verb, group, resource, namespaced, cluster), for
+    the chart's RBAC: ``hub`` is the operator's own cluster, ``silo`` one reached through a
+    kubeconfig Secret."""
     for req in list(k):  # kmock iterates over the requests it served
         res = getattr(req, "resource", None)
         if res is None or not res.plural or getattr(req, "action", None) is None:
@@ -256,7 +315,7 @@ def record_api_calls(k: Any) -> None:
             verb = "update"
         resource = res.plural + (f"/{req.subresource}" if getattr(req, "subresource", None)
                                  else "")
-        _CALLS.add((verb, res.group or "", resource, bool(req.namespace)))
+        _CALLS.add((verb, res.group or "", resource, bool(req.namespace), cluster))
 
 
 def _whole_operator_suite(session: Any) -> bool:
@@ -277,5 +336,6 @@ def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
     if _CALLS and exitstatus == 0 and _whole_operator_suite(session):
         ARTIFACTS.mkdir(exist_ok=True)
         (ARTIFACTS / "api-calls.json").write_text(json.dumps(
-            [{"verb": v, "group": g, "resource": r, "namespaced": n}
-             for v, g, r, n in sorted(_CALLS)], indent=1) + "\n")
+            [{"verb": v, "group": g, "resource": r, "namespaced": n, "cluster": c}
+             for v, g, r, n, c in sorted(_CALLS, key=lambda t: (t[4], *t[:4]))], indent=1)
+            + "\n")

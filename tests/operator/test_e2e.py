@@ -11,53 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from fedma.store import Store, global_rel
 from tests.conftest import training_manifest
-from tests.operator.conftest import Api, JobController, trainings_path, wait_for
+from tests.operator.conftest import Api, Kubelet, trainings_path, wait_for
 
 pytestmark = [pytest.mark.operator, pytest.mark.e2e, pytest.mark.asyncio]
-
-
-class Kubelet:
-    def __init__(self, api: Api, workdir: Path):
-        self.api = api
-        self.ctl = JobController(api)
-        self.workdir = workdir
-        self.started: set[str] = set()
-        self.tasks: list[asyncio.Task] = []
-        self.log: list[str] = []
-
-    async def run(self) -> None:
-        while True:
-            for job in await self.api.items("/apis/batch/v1/jobs"):
-                name = job["metadata"]["name"]
-                if name not in self.started and not (job.get("status") or {}).get("conditions"):
-                    self.started.add(name)
-                    self.tasks.append(asyncio.create_task(self.execute(job)))
-            await asyncio.sleep(0.2)
-
-    async def execute(self, job: dict[str, Any]) -> None:
-        c = job["spec"]["template"]["spec"]["containers"][0]
-        cmd = list(c["command"])
-        assert cmd[0] == "fedma", cmd
-        term = self.workdir / f"{job['metadata']['name']}.termination"
-        env = {**os.environ, "FEDMA_TERMINATION_LOG": str(term)}
-        for e in c["env"]:
-            if e["name"] not in ("HOME", "FEDMA_CACHE", "FEDMA_TERMINATION_LOG"):
-                env[e["name"]] = e["value"]
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "fedma.cli", *cmd[1:], env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-        out, _ = await proc.communicate()
-        self.log.append(f"$ {' '.join(cmd)} -> {proc.returncode}\n{out.decode()[-2000:]}")
-        message = json.loads(term.read_text()) if term.exists() else None
-        await self.ctl.finish(job, proc.returncode == 0, message)
 
 
 async def test_two_round_federation_runs_through_the_operator(k8s, operator, tmp_path,

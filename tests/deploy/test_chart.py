@@ -22,7 +22,8 @@ from tests.deploy.conftest import (
     render,
 )
 
-K8S_VERSION = "1.30.0"  # the oldest minor a current cluster runs; the chart's kubeVersion allows 1.27+
+# An old minor still in support (the chart's kubeVersion allows 1.27+).
+K8S_VERSION = "1.30.0"
 PROMETHEUS_OPERATOR_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 CASES = {
     "hub-defaults": {"role": "hub"},

@@ -91,7 +91,7 @@ def test_chart_points_at_the_images():
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     for name in IMAGES:
         assert values["images"][name]["repository"].endswith(f"/{name}")
-        title = [c.value for c in _stages(IMAGES[name])[-1] if c.cmd == "LABEL"][0]
+        title = next(c.value for c in _stages(IMAGES[name])[-1] if c.cmd == "LABEL")
         assert f'"fedma-{name}"' in title
 
 

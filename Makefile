@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test lint install clean bench-quality
+.PHONY: demo test lint install clean bench-quality chart-assets
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,12 +30,18 @@ demo: $(STAMP)
 bench-quality: $(STAMP)
 	$(BIN)/python bench/quality.py --out bench/results
 
+# What the chart ships that is generated: the CRDs (from fedma/spec.py) and the dashboards.
+chart-assets: $(STAMP)
+	$(BIN)/python -m fedma_operator.crds crds
+	cp crds/*.yaml charts/fedma/crds/
+	$(BIN)/python charts/dashboards.py
+
 lint: $(STAMP)
-	$(BIN)/ruff check fedma operator tests bench
+	$(BIN)/ruff check fedma operator tests bench charts
 	$(BIN)/lint-imports
 
 test: $(STAMP)
-	$(BIN)/ruff check fedma operator tests bench
+	$(BIN)/ruff check fedma operator tests bench charts
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 log = logging.getLogger(__name__)
 PHASES = ("loading", "training", "uploading", "done")
@@ -41,17 +41,20 @@ class TrainerMetrics:
                                       buckets=_STEP_BUCKETS, registry=r).labels(*self._values)
         self.round = Gauge("fedma_trainer_round", "The round this Job trains", labels,
                            registry=r).labels(*self._values)
-        self.phase = Enum("fedma_trainer_phase", "What the Job is doing", labels,
-                          states=list(PHASES), registry=r).labels(*self._values)
+        # A gauge per state rather than prometheus_client's Enum, whose state label would be
+        # named after the metric: the alerts and dashboards select {phase="training"}.
+        self._phase = Gauge("fedma_trainer_phase", "What the Job is doing: 1 for the current "
+                            "phase (loading, training, uploading, done), 0 for the others",
+                            [*labels, "phase"], registry=r)
         self.round.set(round_number)
-        self.phase.state("loading")
+        self.set_phase("loading")
         self._last = time.perf_counter()
         self._taken = 0
 
     def step(self, batch_size: int, loss: float) -> None:
         now = time.perf_counter()
         if self._taken == 0:  # the first step includes the data pipeline's start
-            self.phase.state("training")
+            self.set_phase("training")
         self._taken += 1
         self.step_seconds.observe(now - self._last)
         self._last = now
@@ -60,7 +63,11 @@ class TrainerMetrics:
         self.loss.set(loss)
 
     def set_phase(self, phase: str) -> None:
-        self.phase.state(phase)
+        if phase not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+        for p in PHASES:
+            self._phase.labels(*self._values, p).set(1 if p == phase else 0)
+        self.phase = phase
         self._last = time.perf_counter()
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> bool:

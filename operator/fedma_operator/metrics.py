@@ -67,8 +67,9 @@ class Metrics:
     def observe_api(self, verb: str, resource: str, seconds: float, error: bool) -> None:
         API_REQUESTS.labels(verb, resource).inc()
         API_SECONDS.labels(verb, resource).observe(seconds)
+        errors = API_ERRORS.labels(verb, resource)  # exists at 0: an error rate, not no data
         if error:
-            API_ERRORS.labels(verb, resource).inc()
+            errors.inc()
 
     def silo_job_started(self, training: str, silo: str, attempt: int = 1) -> None:
         SILO_JOBS.labels(training, silo, "created").inc()

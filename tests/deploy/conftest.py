@@ -65,3 +65,8 @@ def api_calls() -> list[dict[str, Any]]:
 
 def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [d for d in docs if d["kind"] == kind]
+
+
+# The operator's fixtures (kmock API server with fedma's resources, a running operator), for the
+# live Prometheus test.
+from tests.operator.conftest import k8s, kmock_options, operator  # noqa: E402, F401

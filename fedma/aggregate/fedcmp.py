@@ -12,9 +12,10 @@ Per 2-D weight tensor (out × in), with silo deltas Δᵢ = wᵢ − x, sample s
 
 1. Canonical space: U (out × r) = top-r left singular vectors of [√p₁·Δ₁ | … | √p_K·Δ_K].
    r is the smallest rank keeping ``energy`` of the squared Frobenius norm, capped at
-   ``max_rank`` (or fixed by ``rank``). Small matrices use the exact eigenvectors of the
-   out × out Gram matrix (an exact SVD when that is not smaller); large ones a seeded
-   randomized SVD (Halko et al.), so a 4096 × 4096 layer with 16+ silos stays fast.
+   ``max_rank`` (or fixed by ``rank``). Small matrices (out ≤ 1024) use the exact
+   eigenvectors of the out × out Gram matrix; large ones a seeded randomized SVD (Halko et
+   al.) that reads one silo's delta at a time, so a 5120 × 5120 layer of 64 silos needs a few
+   layer-sized buffers, never K of them (``_fuse_streamed``).
 2. Coefficients: Cᵢ = Uᵀ Δᵢ (r × in), one row per shared direction; residual Rᵢ = Δᵢ − U Cᵢ.
 3. Reliability: agreement aᵢⱼ = Σ_{k≠i} pₖ·cos(Cᵢⱼ, Cₖⱼ) / Σ_{k≠i} pₖ (silo i against the
    others, row j); with ``conflict_only`` (default) each other silo's vote is scaled by
@@ -38,8 +39,8 @@ from typing import Any, ClassVar
 import torch
 
 from fedma.aggregate.base import AggregateResult, SiloUpdate, Tensors
-from fedma.aggregate.robust import clip_deltas
-from fedma.aggregate.server_opt import ServerOptimizer, _get
+from fedma.aggregate.server_opt import ServerOptimizer, _get, clip_factors
+from fedma.aggregate.stream import weighted_mean_delta
 
 EXACT_SVD_MAX = 1024  # below this smaller side, a full SVD is cheap and exact
 
@@ -93,19 +94,26 @@ class FedCMP(ServerOptimizer):
             raise ValueError("fedcmp needs updates with a positive sample count")
         names = [u.silo for u in ordered]
         shares = torch.tensor([u.samples / total for u in ordered], dtype=torch.float64)
-        deltas, notes = clip_deltas({u.silo: u.delta(base) for u in ordered},
-                                    self.robust.get("clip_norm", 0.0))
+        # Clipping scales a silo's whole delta; it is applied as a factor where deltas are read.
+        factors, notes = clip_factors(base, ordered, self.robust.get("clip_norm", 0.0))
         state = {k: v.double() for k, v in server_state.items()}
         new: Tensors = {}
         weight_sum = torch.zeros(len(names), dtype=torch.float64)
         ranks: dict[str, int] = {}
         for key, x in base.items():
-            stack = torch.stack([deltas[n][key] for n in names])  # K × shape
             if x.dim() != 2:
-                step = torch.einsum("k,k...->...", shares, stack)
+                coeffs = [float(p) * f for p, f in zip(shares, factors, strict=True)]
+                step = weighted_mean_delta({key: x}, ordered, coeffs)[key]
                 new[key] = (x.double() + self.opts["server_lr"] * step).to(x.dtype)
                 continue
-            d, w, u = self._fuse(stack, shares)
+            if x.shape[0] <= EXACT_SVD_MAX:
+                x64 = x.double()
+                stack = torch.stack([(u.weights[key].double() - x64) * f
+                                     for u, f in zip(ordered, factors, strict=True)])
+                d, w, u = self._fuse(stack, shares)
+                del stack
+            else:  # never K deltas of a large tensor at once: sketches of them
+                d, w, u = self._fuse_streamed(key, x, ordered, factors, shares)
             ranks[key] = u.shape[1]
             weight_sum += w.mean(dim=1)
             m = _get(state, f"m.{key}", d)
@@ -130,28 +138,22 @@ class FedCMP(ServerOptimizer):
         cap = int(min(self.opts["max_rank"], out, k * inp))
         if total == 0.0:
             return torch.zeros(out, 0, dtype=torch.float64)
-        if out <= EXACT_SVD_MAX and out <= k * inp:
-            # The left singular vectors are the eigenvectors of the out × out Gram matrix:
-            # one GEMM plus a small eigh, ~10× cheaper than an SVD of the wide matrix.
-            evals, evecs = torch.linalg.eigh(a @ a.T)
-            s = evals.flip(0).clamp_min(0).sqrt()
-            u = evecs.flip(1)
-        elif min(a.shape) <= EXACT_SVD_MAX:
-            u, s, _ = torch.linalg.svd(a, full_matrices=False)
-        else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(self.opts["seed"]))
-                q = min(cap + 8, min(a.shape))
-                u, s, _ = torch.svd_lowrank(a.float(), q=q, niter=2)
-            u, s = u.double(), s.double()
+        # The left singular vectors are the eigenvectors of the out × out Gram matrix: one
+        # GEMM plus a small eigh (only small tensors come here; large ones: _fuse_streamed).
+        evals, evecs = torch.linalg.eigh(a @ a.T)
+        s = evals.flip(0).clamp_min(0).sqrt()
+        u = evecs.flip(1)
+        return u[:, : self._rank(s, total, cap)]
+
+    def _rank(self, s: torch.Tensor, total: float, cap: int) -> int:
+        """r: fixed by ``rank``, else the fewest singular values keeping ``energy`` of
+        ‖A‖²_F (``total``), capped."""
         if self.opts["rank"]:
-            r = int(min(self.opts["rank"], cap))
-        else:
-            kept = torch.cumsum(s.pow(2), 0) / total
-            r = int(torch.searchsorted(kept, torch.tensor(self.opts["energy"] - 1e-12,
-                                                          dtype=kept.dtype)).item()) + 1
-            r = max(1, min(r, cap, s.numel()))
-        return u[:, :r]
+            return int(min(self.opts["rank"], cap))
+        kept = torch.cumsum(s.pow(2), 0) / total
+        r = int(torch.searchsorted(kept, torch.tensor(self.opts["energy"] - 1e-12,
+                                                      dtype=kept.dtype)).item()) + 1
+        return max(1, min(r, cap, s.numel()))
 
     @staticmethod
     def _agreement(coeff: torch.Tensor, shares: torch.Tensor, weigh_votes: bool = False
@@ -180,23 +182,86 @@ class FedCMP(ServerOptimizer):
                     - vote.T * cos.diagonal(dim1=1, dim2=2))
         return (weighted / (1 - shares)).T  # K × r
 
+    def _weigh(self, coeff: torch.Tensor, shares: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reliability weights (K × r, summing to 1 over silos) and the fused coefficients."""
+        conflict_only = bool(self.opts["conflict_only"])
+        agree = self._agreement(coeff, shares, weigh_votes=conflict_only)
+        if conflict_only:
+            agree = agree.clamp_max(0.0)
+        logits = shares.log()[:, None] + agree / self.opts["temperature"]
+        w = torch.softmax(logits, dim=0)
+        return w, torch.einsum("kr,kri->ri", w, coeff)
+
     def _fuse(self, stack: torch.Tensor, shares: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns (fused delta D, reliability weights K × r, basis U)."""
         u = self._basis(stack, shares)
         r = u.shape[1]
         coeff = torch.einsum("or,koi->kri", u, stack)  # K × r × in
-        conflict_only = bool(self.opts["conflict_only"])
-        agree = self._agreement(coeff, shares, weigh_votes=conflict_only)
-        if conflict_only:
-            agree = agree.clamp_max(0.0)
-        logits = shares.log()[:, None] + agree / self.opts["temperature"]
-        w = torch.softmax(logits, dim=0)  # K × r, sums to 1 over silos
-        fused = torch.einsum("kr,kri->ri", w, coeff)
+        w, fused = self._weigh(coeff, shares)
         d = u @ fused
         if self.opts["keep_residual"]:
             resid = stack - torch.einsum("or,kri->koi", u, coeff)
             d = d + torch.einsum("k,koi->oi", shares, resid)
         if r == 0:  # every delta is zero: nothing to weigh
             w = shares[:, None].clone()
+        return d, w, u
+
+    # -- large tensors: a streamed randomized SVD --------------------------------------------
+    def _fuse_streamed(self, key: str, x: torch.Tensor, ordered: list[SiloUpdate],
+                       factors: list[float], shares: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``_fuse`` for a tensor too large to stack K deltas of (out > EXACT_SVD_MAX).
+
+        The basis is a randomized SVD (Halko et al., 2011) of A = [√p₁Δ₁ | … | √p_KΔ_K] that
+        reads one silo's delta at a time: Y = Σᵢ √pᵢ Δᵢ Ωᵢ (Ωᵢ seeded Gaussian, in × q), one
+        power iteration Y = Σᵢ √pᵢ Δᵢ (√pᵢ Δᵢᵀ Q), Q = qr(Y), then Bᵢ = √pᵢ Qᵀ Δᵢ (q × in)
+        and the small SVD of B = [B₁ | … | B_K] gives U = Q·U_B and, for free, the
+        coefficients Cᵢ = U_Bᵀ Bᵢ / √pᵢ. Three reads of each update; memory is a few
+        tensors of this size plus K × q × in, never K × out × in. Float32 GEMMs; the
+        fusion itself in float64 as in ``_fuse``."""
+        out_dim, in_dim = x.shape
+        k = len(ordered)
+        sqrt_p = shares.sqrt()
+        cap = int(min(self.opts["max_rank"], out_dim, k * in_dim))
+        q = int(min(cap + 8, out_dim, k * in_dim))
+        x32 = x.float()
+        gen = torch.Generator().manual_seed(int(self.opts["seed"]))
+
+        def delta(i: int) -> torch.Tensor:
+            d = ordered[i].weights[key].float() - x32
+            return d.mul_(factors[i]) if factors[i] != 1.0 else d
+
+        y = torch.zeros(out_dim, q)
+        mean = torch.zeros(out_dim, in_dim, dtype=torch.float64)
+        total = 0.0
+        for i in range(k):
+            d = delta(i)
+            omega = torch.randn(in_dim, q, generator=gen)
+            y.addmm_(d, omega, alpha=float(sqrt_p[i]))
+            mean.add_(d.double(), alpha=float(shares[i]))
+            total += float(shares[i]) * float(d.double().pow(2).sum())
+        if total == 0.0:
+            empty = torch.zeros(out_dim, 0, dtype=torch.float64)
+            return mean, shares[:, None].clone(), empty
+        qm = torch.linalg.qr(y).Q
+        y = torch.zeros(out_dim, q)
+        for i in range(k):  # one power iteration sharpens the spectrum's tail
+            d = delta(i)
+            y.addmm_(d, d.T @ qm, alpha=float(shares[i]))
+        qm = torch.linalg.qr(y).Q
+        b = torch.stack([(qm.T @ delta(i)).mul_(float(sqrt_p[i])) for i in range(k)])  # K×q×in
+        gram = torch.einsum("kqi,kpi->qp", b.double(), b.double())  # B·Bᵀ, q × q
+        evals, evecs = torch.linalg.eigh(gram)
+        s = evals.flip(0).clamp_min(0).sqrt()
+        ub = evecs.flip(1)
+        ub = ub[:, : self._rank(s, total, cap)]
+        u = qm.double() @ ub  # out × r, orthonormal
+        coeff = torch.einsum("qr,kqi->kri", ub, b.double()) / sqrt_p[:, None, None]
+        w, fused = self._weigh(coeff, shares)
+        d = u @ fused
+        if self.opts["keep_residual"]:
+            # Σᵢ pᵢ Rᵢ = Σᵢ pᵢ Δᵢ − U Σᵢ pᵢ Cᵢ, without any Rᵢ.
+            d = d + mean - u @ torch.einsum("k,kri->ri", shares, coeff)
         return d, w, u

@@ -23,6 +23,7 @@ import torch
 from fedma.aggregate.base import AggregateResult, SiloUpdate, Tensors
 from fedma.aggregate.privacy import PrivacyConfig, privatise
 from fedma.aggregate.robust import Combined, combine
+from fedma.aggregate.stream import delta_norms, weighted_mean_delta
 
 
 class ServerOptimizer:
@@ -64,6 +65,8 @@ class ServerOptimizer:
             delta, notes, extra["_privacy"] = privatise(
                 {u.silo: u.delta(base) for u in ordered}, self.privacy, state)
             combined = Combined(delta, notes)
+        elif self.robust.get("rule", "mean") == "mean":
+            combined = streamed_mean(base, ordered, self.robust.get("clip_norm", 0.0))
         else:
             combined = combine({u.silo: u.delta(base) for u in ordered},
                                {u.silo: u.samples for u in ordered}, **self.robust)
@@ -82,6 +85,29 @@ class ServerOptimizer:
 
     def step(self, delta: Tensors, state: Tensors) -> Tensors:
         return {k: self.opts["server_lr"] * d for k, d in delta.items()}
+
+
+def clip_factors(base: Tensors, ordered: list[SiloUpdate], clip_norm: float
+                 ) -> tuple[list[float], dict[str, str]]:
+    """Per silo, the factor that scales its delta down to ``clip_norm`` (1 when within it)."""
+    if clip_norm <= 0:
+        return [1.0] * len(ordered), {}
+    factors, notes = [], {}
+    for u, norm in zip(ordered, delta_norms(base, ordered), strict=True):
+        if norm > clip_norm:
+            notes[u.silo] = f"clipped from norm {norm:.4g} to {clip_norm:.4g}"
+            factors.append(clip_norm / norm)
+        else:
+            factors.append(1.0)
+    return factors, notes
+
+
+def streamed_mean(base: Tensors, ordered: list[SiloUpdate], clip_norm: float) -> Combined:
+    """The sample-weighted mean delta (after optional clipping) in O(model) memory."""
+    total = sum(u.samples for u in ordered)
+    factors, notes = clip_factors(base, ordered, clip_norm)
+    coeffs = [u.samples / total * f for u, f in zip(ordered, factors, strict=True)]
+    return Combined(weighted_mean_delta(base, ordered, coeffs), notes)
 
 
 def _get(state: Tensors, key: str, like: torch.Tensor, fill: float = 0.0) -> torch.Tensor:

@@ -97,15 +97,41 @@ def test_full_rank_uniform_reliability_reduces_to_fedavg(keep_residual):
     assert torch.allclose(out.weights["w"], avg.weights["w"], atol=1e-5)
 
 
-@pytest.mark.parametrize("side", [64, 1600])  # exact SVD and the randomized path
-def test_basis_is_orthonormal_across_rounds(side):
+def test_basis_is_orthonormal_across_rounds():
     s = get_strategy("fedcmp", {"max_rank": 8})
     shares = torch.full((4,), 0.25, dtype=torch.float64)
     for r in range(3):
         torch.manual_seed(10 + r)
-        stack = torch.randn(4, side, 48, dtype=torch.float64)
+        stack = torch.randn(4, 64, 48, dtype=torch.float64)
         u = s._basis(stack, shares)
         assert torch.allclose(u.T @ u, torch.eye(u.shape[1], dtype=u.dtype), atol=1e-6)
+
+
+def test_streamed_randomized_path_matches_the_exact_one_on_a_low_rank_family():
+    """Large tensors (out > 1024) never stack K deltas; on a family the sketch captures, the
+    streamed fusion equals the exact one, and its basis is orthonormal."""
+    torch.manual_seed(4)
+    out, inp, k = 1100, 40, 5
+    basis = torch.linalg.qr(torch.randn(out, 3)).Q
+    deltas = [basis @ torch.randn(3, inp) + 1e-7 * torch.randn(out, inp) for _ in range(k)]
+    deltas[4] = -deltas[0]  # a conflicting silo, so reliability weights matter
+    base, ups = make_updates(deltas, [10, 20, 30, 40, 50])
+    s = get_strategy("fedcmp", {"beta": 0.0, "energy": 0.99})
+    shares = torch.tensor([n / 150 for n in (10, 20, 30, 40, 50)], dtype=torch.float64)
+    stack = torch.stack([d.double() for d in deltas])
+    d_exact, w_exact, u_exact = s._fuse(stack, shares)
+    d_stream, w_stream, u_stream = s._fuse_streamed("w", base["w"], sorted(
+        ups, key=lambda u: u.silo), [1.0] * k, shares)
+    assert u_stream.shape == u_exact.shape
+    eye = torch.eye(u_stream.shape[1], dtype=torch.float64)
+    assert torch.allclose(u_stream.T @ u_stream, eye, atol=1e-5)
+    assert torch.allclose(w_stream, w_exact, atol=1e-4)
+    assert torch.allclose(d_stream, d_exact, atol=1e-5 * float(d_exact.abs().max()))
+    # And through aggregate(): the large path is the one taken, deterministically.
+    a = s.aggregate(base, ups, {})
+    assert torch.equal(a.weights["w"], s.aggregate(base, ups, {}).weights["w"])
+    assert torch.allclose(a.weights["w"].double(), d_exact, atol=1e-5 * float(
+        d_exact.abs().max()))
 
 
 def test_complementary_silos_keep_their_share_only_conflict_costs_weight():

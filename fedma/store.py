@@ -34,6 +34,7 @@ from fedma.spec import ALLOWED_URI_SCHEMES
 
 T = TypeVar("T")
 MANIFEST_SUFFIX = ".manifest.json"
+COPY_BLOCK = 8 << 20  # bytes per read when copying an artifact to a local file
 
 
 class ArtifactError(RuntimeError):
@@ -134,6 +135,38 @@ class Store:
                 f"{sha256(data)[:12]}…): the artifact was modified or truncated"
             )
         return data
+
+    def fetch_verified(self, rel: str, digest: str, dest: Path) -> Path:
+        """Copy ``rel`` to the local file ``dest`` in blocks, hashing as it goes; the copy
+        exists only if its sha256 is ``digest``. What is then read is the verified local copy,
+        never the store's file again (which its writer could change in between)."""
+        path = self._path(rel)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.part")
+
+        def copy() -> str:
+            h = hashlib.sha256()
+            with self.fs.open(path, "rb") as src, open(tmp, "wb") as out:
+                while block := src.read(COPY_BLOCK):
+                    h.update(block)
+                    out.write(block)
+            return h.hexdigest()
+
+        try:
+            got = self._retry(path, copy)
+        except FileNotFoundError:
+            tmp.unlink(missing_ok=True)
+            raise ArtifactError(f"{self.uri(rel)}: artifact not found") from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        if got != digest:
+            tmp.unlink(missing_ok=True)
+            raise ArtifactError(
+                f"{self.uri(rel)}: sha256 mismatch (expected {digest[:12]}…, got "
+                f"{got[:12]}…): the artifact was modified or truncated")
+        os.replace(tmp, dest)
+        return dest
 
     def exists(self, rel: str) -> bool:
         path = self._path(rel)

@@ -8,6 +8,7 @@ object runs in the aggregation Job and in benchmarks.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -19,7 +20,9 @@ Tensors = dict[str, torch.Tensor]
 @dataclass(frozen=True)
 class SiloUpdate:
     silo: str
-    weights: Tensors  # the silo's locally trained projector (full weights, not a delta)
+    # The silo's locally trained projector (full weights, not a delta). In the aggregation
+    # Job a MappedTensors: read in place from a verified local copy, not held in memory.
+    weights: Mapping[str, torch.Tensor]
     samples: int
     loss: float = float("nan")
 

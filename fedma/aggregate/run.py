@@ -9,14 +9,17 @@ produces the same digest.
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from fedma.aggregate.base import SiloUpdate, get_strategy
+from fedma.aggregate.mapped import MappedTensors
 from fedma.aggregate.validate import check_update
-from fedma.spec import FederatedRound, ProjectorRef
+from fedma.spec import FederatedRound, FederatedRoundSpec, ProjectorRef
 from fedma.store import ArtifactError, Store, global_rel, server_state_rel, update_rel
 
 
@@ -55,6 +58,17 @@ def aggregate_round(rnd: FederatedRound, included: dict[str, str | None],
     if spec.server_state is not None:
         state = store.get_tensors(store.rel(spec.server_state.uri), spec.server_state.digest)
 
+    with tempfile.TemporaryDirectory(prefix="fedma-updates-") as work:
+        return _aggregate(store, spec, wanted, base, state, out_rel, Path(work),
+                          max_delta_norm, t0)
+
+
+def _aggregate(store: Store, spec: FederatedRoundSpec, wanted: dict[str, str | None],
+               base: dict[str, torch.Tensor], state: dict[str, torch.Tensor], out_rel: str,
+               work: Path, max_delta_norm: float, t0: float) -> dict[str, Any]:
+    """Each update is copied to ``work`` while its digest is checked, then memory-mapped:
+    the strategies read them in place, so the Job's own memory stays O(model) for any K."""
+    assert spec.input is not None
     updates: list[SiloUpdate] = []
     rejected: dict[str, str] = {}
     for silo, digest in wanted.items():
@@ -63,7 +77,9 @@ def aggregate_round(rnd: FederatedRound, included: dict[str, str | None],
             manifest = store.get_manifest(rel)
             if manifest.get("base_digest") != spec.input.digest:
                 raise ArtifactError("trained from a different global projector than this round's")
-            weights = store.get_tensors(rel, digest or manifest["sha256"])
+            local = store.fetch_verified(rel, digest or manifest["sha256"],
+                                         work / f"{silo}.safetensors")
+            weights = MappedTensors(local)
         except ArtifactError as exc:
             rejected[silo] = str(exc)
             continue
@@ -82,7 +98,12 @@ def aggregate_round(rnd: FederatedRound, included: dict[str, str | None],
     strategy = get_strategy(spec.aggregation.strategy, spec.aggregation.options,
                             spec.aggregation.robust.model_dump(),
                             spec.aggregation.privacy.model_dump())
-    result = strategy.aggregate(base, updates, state)
+    try:
+        result = strategy.aggregate(base, updates, state)
+    finally:
+        for u in updates:
+            if isinstance(u.weights, MappedTensors):
+                u.weights.close()
     state_ref = None
     if result.server_state:
         state_ref = store.put_tensors(

@@ -8,13 +8,14 @@ that silo if the quorum still holds.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 
 from fedma.aggregate.base import Tensors
 
 
-def check_update(silo: str, base: Tensors, weights: Tensors, samples: int,
+def check_update(silo: str, base: Tensors, weights: Mapping[str, torch.Tensor], samples: int,
                  max_delta_norm: float = 0.0) -> str:
     """Empty string if acceptable, else the reason for rejecting it."""
     if set(weights) != set(base):

@@ -59,7 +59,8 @@ class ServerOptimizer:
         if sum(u.samples for u in updates) <= 0:
             raise ValueError(f"{self.name} needs updates with a positive sample count")
         ordered = sorted(updates, key=lambda u: u.silo)
-        state = {k: v.double() for k, v in server_state.items()}
+        # Server state in float32, as it is stored (the artifact is float32 anyway).
+        state = {k: v.to(torch.float32, copy=True) for k, v in server_state.items()}
         extra: dict[str, Any] = {}
         if self.privacy is not None:
             delta, notes, extra["_privacy"] = privatise(
@@ -71,7 +72,7 @@ class ServerOptimizer:
             combined = combine({u.silo: u.delta(base) for u in ordered},
                                {u.silo: u.samples for u in ordered}, **self.robust)
         step = self.step(combined.delta, state)
-        new = {k: (base[k].double() + step[k]).to(base[k].dtype) for k in base}
+        new = {k: torch.add(base[k], step[k].to(base[k].dtype)) for k in base}
         total = sum(u.samples for u in ordered)
         # Under central DP the silos are weighted equally (see privacy.py).
         weight = ({u.silo: 1 / len(ordered) for u in ordered} if self.privacy is not None
@@ -84,7 +85,8 @@ class ServerOptimizer:
         return AggregateResult(new, {k: v.float() for k, v in state.items()}, report)
 
     def step(self, delta: Tensors, state: Tensors) -> Tensors:
-        return {k: self.opts["server_lr"] * d for k, d in delta.items()}
+        lr = self.opts["server_lr"]
+        return {k: d if lr == 1.0 else lr * d for k, d in delta.items()}
 
 
 def clip_factors(base: Tensors, ordered: list[SiloUpdate], clip_norm: float

@@ -4,11 +4,11 @@ Aggregation is memory-bound: every update is read once and little is computed pe
 plain form (``Σᵢ pᵢ·(wᵢ − x)`` over whole tensors) keeps K float64 deltas alive and streams a
 model-sized accumulator through memory once per silo. Here each tensor is cut into blocks that
 stay in cache; for each block every silo's slice is read once (zero-copy from a memory-mapped
-update, fedma.aggregate.mapped) and folded into the block's float64 accumulator. Memory is
+update, fedma.aggregate.mapped) and folded into the block's accumulator. Memory is
 O(model) whatever K is, and the traffic is the K updates read once plus one model written.
 
-The arithmetic per element is the same as the plain form, in the same silo order (sorted by
-name), so the result is deterministic: a retried aggregation Job reproduces the digest.
+The silo order is fixed (sorted by name), so the result is deterministic: a retried
+aggregation Job reproduces the digest.
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ import torch
 
 from fedma.aggregate.base import SiloUpdate, Tensors
 
-BLOCK = 1 << 15  # elements per block: 256 KiB of float64 accumulator, 128 KiB per fp32 slice
+# Elements per block: 2 MiB of float32 accumulator. Measured on the 7B projector shape with
+# 16 updates (2 cores): 32 Ki elements 0.19 s, 128 Ki 0.09 s, 512 Ki 0.08 s, 2 Mi 0.10 s —
+# small blocks pay torch's per-call cost, large ones fall out of cache.
+BLOCK = 1 << 19
 
 
 def delta_norms(base: Tensors, updates: Sequence[SiloUpdate]) -> list[float]:
@@ -38,20 +41,24 @@ def delta_norms(base: Tensors, updates: Sequence[SiloUpdate]) -> list[float]:
 
 def weighted_mean_delta(base: Tensors, updates: Sequence[SiloUpdate],
                         coefficients: Sequence[float]) -> Tensors:
-    """Σᵢ cᵢ·(wᵢ − x) per tensor, in float64 (cᵢ: sample share times any clipping factor)."""
+    """Σᵢ cᵢ·(wᵢ − x) per tensor (cᵢ: sample share times any clipping factor), computed as
+    Σᵢ cᵢ·wᵢ − (Σᵢ cᵢ)·x in the weights' float32: one fused multiply-add per element and
+    silo, so the pass runs at memory speed. The rounding this leaves (≈ 1e-7 of a weight,
+    against float64) is far below what one training step moves a weight; the order is fixed
+    (silos sorted by name), so the result is deterministic."""
     out: Tensors = {}
+    total = float(sum(coefficients))
     for key, x in base.items():
         flat_x = x.reshape(-1)
-        acc = torch.empty(flat_x.numel(), dtype=torch.float64)
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        acc = torch.empty(flat_x.numel(), dtype=dtype)
         views = [u.weights[key].reshape(-1) for u in updates]
         for start in range(0, flat_x.numel(), BLOCK):
             stop = min(start + BLOCK, flat_x.numel())
-            xb = flat_x[start:stop].double()
             block = acc[start:stop]
-            block.zero_()
-            tmp = torch.empty_like(block)
-            for view, c in zip(views, coefficients, strict=True):
-                torch.sub(view[start:stop], xb, out=tmp)  # promotes the fp32 slice to fp64
-                block.add_(tmp, alpha=c)
+            torch.mul(views[0][start:stop], coefficients[0], out=block)
+            for view, c in zip(views[1:], coefficients[1:], strict=True):
+                block.add_(view[start:stop], alpha=c)
+            block.sub_(flat_x[start:stop], alpha=total)
         out[key] = acc.view(x.shape)
     return out

@@ -40,7 +40,7 @@ import torch
 
 from fedma.aggregate.base import AggregateResult, SiloUpdate, Tensors
 from fedma.aggregate.server_opt import ServerOptimizer, _get, clip_factors
-from fedma.aggregate.stream import weighted_mean_delta
+from fedma.aggregate.stream import mean_and_energy, weighted_mean_delta
 
 EXACT_SVD_MAX = 1024  # below this smaller side, a full SVD is cheap and exact
 
@@ -96,7 +96,7 @@ class FedCMP(ServerOptimizer):
         shares = torch.tensor([u.samples / total for u in ordered], dtype=torch.float64)
         # Clipping scales a silo's whole delta; it is applied as a factor where deltas are read.
         factors, notes = clip_factors(base, ordered, self.robust.get("clip_norm", 0.0))
-        state = {k: v.double() for k, v in server_state.items()}
+        state = {k: v.to(torch.float32, copy=True) for k, v in server_state.items()}
         new: Tensors = {}
         weight_sum = torch.zeros(len(names), dtype=torch.float64)
         ranks: dict[str, int] = {}
@@ -116,9 +116,12 @@ class FedCMP(ServerOptimizer):
                 d, w, u = self._fuse_streamed(key, x, ordered, factors, shares)
             ranks[key] = u.shape[1]
             weight_sum += w.mean(dim=1)
+            d, u32 = d.float(), u.float()
             m = _get(state, f"m.{key}", d)
-            m.copy_(self.opts["beta"] * (u @ (u.T @ m)) + d)
-            new[key] = (x.double() + self.opts["server_lr"] * m).to(x.dtype)
+            # m ← β·U(Uᵀm) + D, in place: float32 like the stored state.
+            history = u32 @ (u32.T @ m)
+            m.copy_(d).add_(history, alpha=self.opts["beta"])
+            new[key] = torch.add(x.float(), m, alpha=self.opts["server_lr"]).to(x.dtype)
         n_mat = max(len(ranks), 1)
         report = {}
         for i, n in enumerate(names):
@@ -223,45 +226,52 @@ class FedCMP(ServerOptimizer):
         fusion itself in float64 as in ``_fuse``."""
         out_dim, in_dim = x.shape
         k = len(ordered)
-        sqrt_p = shares.sqrt()
+        sqrt_p = [float(v) for v in shares.sqrt()]
+        p = [float(v) for v in shares]
         cap = int(min(self.opts["max_rank"], out_dim, k * in_dim))
         q = int(min(cap + 8, out_dim, k * in_dim))
         x32 = x.float()
         gen = torch.Generator().manual_seed(int(self.opts["seed"]))
-
-        def delta(i: int) -> torch.Tensor:
-            d = ordered[i].weights[key].float() - x32
-            return d.mul_(factors[i]) if factors[i] != 1.0 else d
-
-        y = torch.zeros(out_dim, q)
-        mean = torch.zeros(out_dim, in_dim, dtype=torch.float64)
-        total = 0.0
-        for i in range(k):
-            d = delta(i)
-            omega = torch.randn(in_dim, q, generator=gen)
-            y.addmm_(d, omega, alpha=float(sqrt_p[i]))
-            mean.add_(d.double(), alpha=float(shares[i]))
-            total += float(shares[i]) * float(d.double().pow(2).sum())
+        # Every GEMM reads a silo's weights in place: Δᵢ·M = Wᵢ·M − X·M, no Δᵢ is formed.
+        ws = [ordered[i].weights[key].float() for i in range(k)]  # views when already fp32
+        f = factors
+        mean32, sq = mean_and_energy(x32, ws, [p[i] * f[i] for i in range(k)])
+        total = sum(p[i] * f[i] ** 2 * sq[i] for i in range(k))
         if total == 0.0:
-            empty = torch.zeros(out_dim, 0, dtype=torch.float64)
-            return mean, shares[:, None].clone(), empty
-        qm = torch.linalg.qr(y).Q
+            return mean32, shares[:, None].clone(), torch.zeros(out_dim, 0, dtype=torch.float64)
         y = torch.zeros(out_dim, q)
-        for i in range(k):  # one power iteration sharpens the spectrum's tail
-            d = delta(i)
-            y.addmm_(d, d.T @ qm, alpha=float(shares[i]))
+        omega_sum = torch.zeros(in_dim, q)
+        for i in range(k):
+            omega = torch.randn(in_dim, q, generator=gen)
+            y.addmm_(ws[i], omega, alpha=sqrt_p[i] * f[i])
+            omega_sum.add_(omega, alpha=sqrt_p[i] * f[i])
+        y.addmm_(x32, omega_sum, alpha=-1.0)
         qm = torch.linalg.qr(y).Q
-        b = torch.stack([(qm.T @ delta(i)).mul_(float(sqrt_p[i])) for i in range(k)])  # K×q×in
+        xq = x32.T @ qm  # in × q
+        y = torch.zeros(out_dim, q)
+        z_sum = torch.zeros(in_dim, q)
+        for i in range(k):  # one power iteration sharpens the spectrum's tail
+            z = torch.addmm(xq, ws[i].T, qm, beta=-1.0).mul_(f[i])  # Δᵢᵀ Q
+            y.addmm_(ws[i], z, alpha=p[i] * f[i])
+            z_sum.add_(z, alpha=p[i] * f[i])
+        y.addmm_(x32, z_sum, alpha=-1.0)
+        qm = torch.linalg.qr(y).Q
+        qx = qm.T @ x32  # q × in
+        b = torch.stack([torch.addmm(qx, qm.T, ws[i], beta=-1.0).mul_(sqrt_p[i] * f[i])
+                         for i in range(k)])  # K × q × in: Bᵢ = √pᵢ Qᵀ Δᵢ
         gram = torch.einsum("kqi,kpi->qp", b.double(), b.double())  # B·Bᵀ, q × q
         evals, evecs = torch.linalg.eigh(gram)
         s = evals.flip(0).clamp_min(0).sqrt()
         ub = evecs.flip(1)
         ub = ub[:, : self._rank(s, total, cap)]
         u = qm.double() @ ub  # out × r, orthonormal
-        coeff = torch.einsum("qr,kqi->kri", ub, b.double()) / sqrt_p[:, None, None]
+        coeff = (torch.einsum("qr,kqi->kri", ub, b.double())
+                 / shares.sqrt()[:, None, None])
         w, fused = self._weigh(coeff, shares)
-        d = u @ fused
         if self.opts["keep_residual"]:
-            # Σᵢ pᵢ Rᵢ = Σᵢ pᵢ Δᵢ − U Σᵢ pᵢ Cᵢ, without any Rᵢ.
-            d = d + mean - u @ torch.einsum("k,kri->ri", shares, coeff)
+            # D = U C* + Σᵢ pᵢ Rᵢ = Σᵢ pᵢ Δᵢ + U (C* − Σᵢ pᵢ Cᵢ), without any Rᵢ.
+            fused = fused - torch.einsum("k,kri->ri", shares, coeff)
+            d = torch.addmm(mean32, u.float(), fused.float())
+        else:
+            d = u.float() @ fused.float()
         return d, w, u

@@ -72,7 +72,8 @@ class ServerOptimizer:
             combined = combine({u.silo: u.delta(base) for u in ordered},
                                {u.silo: u.samples for u in ordered}, **self.robust)
         step = self.step(combined.delta, state)
-        new = {k: torch.add(base[k], step[k].to(base[k].dtype)) for k in base}
+        # The step is ours (never a caller's tensor): add the base into it in place.
+        new = {k: step[k].to(base[k].dtype).add_(base[k]) for k in base}
         total = sum(u.samples for u in ordered)
         # Under central DP the silos are weighted equally (see privacy.py).
         weight = ({u.silo: 1 / len(ordered) for u in ordered} if self.privacy is not None

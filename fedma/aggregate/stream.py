@@ -39,6 +39,30 @@ def delta_norms(base: Tensors, updates: Sequence[SiloUpdate]) -> list[float]:
     return [math.sqrt(s) for s in sq]
 
 
+def mean_and_energy(x: torch.Tensor, views: Sequence[torch.Tensor],
+                    coefficients: Sequence[float]) -> tuple[torch.Tensor, list[float]]:
+    """For one tensor: Σᵢ cᵢ·(wᵢ − x) (float32, as ``weighted_mean_delta``) and each silo's
+    ‖wᵢ − x‖² (float64 sums of float32 block differences, free of the cancellation that
+    ‖wᵢ‖² − 2⟨wᵢ, x⟩ + ‖x‖² would suffer), in one blocked pass."""
+    flat_x = x.reshape(-1).float()
+    flats = [v.reshape(-1) for v in views]
+    acc = torch.empty(flat_x.numel())
+    sq = [0.0] * len(flats)
+    total = float(sum(coefficients))
+    for start in range(0, flat_x.numel(), BLOCK):
+        stop = min(start + BLOCK, flat_x.numel())
+        xb = flat_x[start:stop]
+        block = acc[start:stop]
+        block.zero_()
+        tmp = torch.empty_like(xb)
+        for i, (view, c) in enumerate(zip(flats, coefficients, strict=True)):
+            block.add_(view[start:stop], alpha=c)
+            torch.sub(view[start:stop], xb, out=tmp)
+            sq[i] += float(torch.dot(tmp, tmp))
+        block.sub_(xb, alpha=total)
+    return acc.view(x.shape), sq
+
+
 def weighted_mean_delta(base: Tensors, updates: Sequence[SiloUpdate],
                         coefficients: Sequence[float]) -> Tensors:
     """Σᵢ cᵢ·(wᵢ − x) per tensor (cᵢ: sample share times any clipping factor), computed as

@@ -231,6 +231,9 @@ class ArtifactsSpec(_Model):
     uri: StoreUri
     # Name of a Secret with store credentials; credentials never appear in a spec.
     credentials_secret: str | None = None
+    # How silo updates travel (fedma.encoding): float32 weights, or the delta from the round's
+    # input in bfloat16 (half the bytes) or int8 with per-row scales (a quarter).
+    update_encoding: Literal["float32", "bfloat16", "int8"] = "float32"
 
 
 class EvaluationSpec(_Model):

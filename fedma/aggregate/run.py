@@ -19,6 +19,7 @@ import torch
 from fedma.aggregate.base import SiloUpdate, get_strategy
 from fedma.aggregate.mapped import MappedTensors
 from fedma.aggregate.validate import check_update
+from fedma.encoding import Decoded, EncodingError
 from fedma.spec import FederatedRound, FederatedRoundSpec, ProjectorRef
 from fedma.store import ArtifactError, Store, global_rel, server_state_rel, update_rel
 
@@ -79,8 +80,8 @@ def _aggregate(store: Store, spec: FederatedRoundSpec, wanted: dict[str, str | N
                 raise ArtifactError("trained from a different global projector than this round's")
             local = store.fetch_verified(rel, digest or manifest["sha256"],
                                          work / f"{silo}.safetensors")
-            weights = MappedTensors(local)
-        except ArtifactError as exc:
+            weights = Decoded(MappedTensors(local), base, manifest.get("encoding", "float32"))
+        except (ArtifactError, EncodingError) as exc:
             rejected[silo] = str(exc)
             continue
         samples = int(manifest.get("samples", 0))
@@ -102,8 +103,9 @@ def _aggregate(store: Store, spec: FederatedRoundSpec, wanted: dict[str, str | N
         result = strategy.aggregate(base, updates, state)
     finally:
         for u in updates:
-            if isinstance(u.weights, MappedTensors):
-                u.weights.close()
+            stored = getattr(u.weights, "stored", None)
+            if isinstance(stored, MappedTensors):
+                stored.close()
     state_ref = None
     if result.server_state:
         state_ref = store.put_tensors(

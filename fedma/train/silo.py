@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from fedma.encoding import encode
 from fedma.model.llava import load_alignment_model
 from fedma.model.projector import load_projector_state, projector_state
 from fedma.spec import FederatedRound
@@ -150,10 +151,12 @@ def train_silo(rnd: FederatedRound, silo_name: str, *, termination_log: str | No
     telemetry.set_phase("uploading")
     # Computed at load, before ZeRO-3 partitioned the weights (hashing them now would be wrong).
     fingerprints = model.fingerprints
-    ref = store.put_tensors(out_rel, state, {
+    encoding = spec.artifacts.update_encoding
+    ref = store.put_tensors(out_rel, encode(state, initial, encoding), {
         "kind": "silo-update", "training": spec.training_name, "round": spec.round,
         "silo": silo.name, "samples": samples, "steps": steps, "loss": loss,
         "base_digest": base, "fingerprints": fingerprints, "engine": engine,
+        "encoding": encoding,
     })
     summary.update(update=ref.as_dict(), seconds=round(time.perf_counter() - t0, 3))
     write_termination(termination_log, summary)

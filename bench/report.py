@@ -63,15 +63,16 @@ def train_section(lines: list[str]) -> None:
     if not res:
         lines += ["Not run.", ""]
         return
-    lines += [f"fedma's trainer against transformers' `LlavaForConditionalGeneration` with the same "
-              f"weights (CLIP ViT-B/32-size tower at 224 px, SmolLM2-135M, LLaVA's 2-layer GELU "
-              f"projector), batch {det['batch']}, {det['blocks']} alternating blocks of "
-              f"{det['steps_per_block']} steps, {det['threads']} threads, float32.", "",
+    grad = next(r["ours"] for r in res if r["metric"] == "train.gradient_relative_difference")
+    ours_rates = ", ".join(f"{x:.2f}" for x in det["ours_samples_per_s"])
+    base_rates = ", ".join(f"{x:.2f}" for x in det["baseline_samples_per_s"])
+    lines += [f"fedma's trainer against transformers' `LlavaForConditionalGeneration` with the "
+              "same weights (CLIP ViT-B/32-size tower at 224 px, SmolLM2-135M, LLaVA's "
+              f"2-layer GELU projector), batch {det['batch']}, {det['blocks']} alternating "
+              f"blocks of {det['steps_per_block']} steps, {det['threads']} threads, float32.", "",
               *rows_table(res), "",
-              f"- samples/s per block: fedma {', '.join(f'{x:.2f}' for x in det['ours_samples_per_s'])}; "
-              f"transformers {', '.join(f'{x:.2f}' for x in det['baseline_samples_per_s'])}.",
-              f"- Same computation: projector gradients on one batch differ by "
-              f"{next(r['ours'] for r in res if r['metric'] == 'train.gradient_relative_difference'):.1e} "
+              f"- samples/s per block: fedma {ours_rates}; transformers {base_rates}.",
+              f"- Same computation: projector gradients on one batch differ by {grad:.1e} "
               f"(relative); step losses agree to {det['first_block_loss_gap']:.1e} over the first "
               f"block, then AdamW amplifies float rounding (gap {det['max_step_loss_gap']:.2f} "
               f"after {len(det['ours_loss'])} steps).",

@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test lint install clean bench-quality chart-assets
+.PHONY: demo test lint install clean bench bench-quality chart-assets
 
 GRAFANA := tests/deploy/grafana
 
@@ -29,6 +29,15 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/fedma demo --out $(OUT)
+
+# Performance: trainer, aggregation, operator, wire; writes bench/results/*.json and
+# docs/benchmarks.md (~15 min on 2 cores).
+bench: $(STAMP)
+	$(BIN)/python bench/train.py --out bench/results
+	$(BIN)/python bench/aggregate.py --out bench/results
+	$(BIN)/python bench/operator.py --out bench/results
+	$(BIN)/python bench/comm.py --out bench/results
+	$(BIN)/python bench/report.py
 
 # Strategies against centralized and local-only training (~25 min on 2 CPU cores).
 bench-quality: $(STAMP)

@@ -65,6 +65,8 @@ class Config:
     arms: tuple[str, ...] = ARMS
     # Server options per strategy (the product's defaults where empty).
     options: dict[str, dict[str, float]] = field(default_factory=dict)
+    # How silo updates travel to the aggregator (fedma.encoding), applied to every update.
+    encoding: str = "float32"
 
     @property
     def samples_per_silo(self) -> int:
@@ -182,6 +184,7 @@ class Bench:
     def _run_arm(self, arm: str, seed: int, setting: str, split: list[list[int]],
                  pool: np.ndarray, init: dict, ev: Any, slices: list[Any], tick) -> dict:
         from fedma.aggregate import SiloUpdate, get_strategy
+        from fedma.encoding import roundtrip
 
         cfg = self.cfg
         curve_acc, curve_loss, seconds = [], [], 0.0
@@ -230,7 +233,8 @@ class Bench:
                 curve_loss.append(float(np.mean(losses)))
             else:
                 t0 = time.perf_counter()
-                updates = [SiloUpdate(n, w, cfg.samples_per_silo // cfg.rounds, loss)
+                updates = [SiloUpdate(n, roundtrip(w, weights, cfg.encoding),
+                                      cfg.samples_per_silo // cfg.rounds, loss)
                            for n, (w, loss) in zip(names, out, strict=True)]
                 res = strategy.aggregate(weights, updates, state)
                 weights, state = res.weights, res.server_state
@@ -365,6 +369,8 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
     p.add_argument("--arms", default=",".join(d.arms))
     p.add_argument("--options", default="{}",
                    help='server options per strategy as JSON, e.g. \'{"fedcmp": {"beta": 0.9}}\'')
+    p.add_argument("--encoding", default=d.encoding, choices=("float32", "bfloat16", "int8"),
+                   help="how silo updates travel (spec.artifacts.updateEncoding)")
     p.add_argument("--out", type=Path, default=Path("bench/results"))
     a = p.parse_args(argv)
     arms = tuple(x for x in a.arms.split(",") if x)
@@ -380,7 +386,7 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
     cfg = Config(a.seeds, a.silos, a.alpha, settings, a.rounds, a.local_steps, a.batch_size,
                  a.learning_rate, a.warmup_steps, a.proximal_mu, a.eval_samples, a.threads,
                  not a.no_bf16, arms,
-                 json.loads(a.options))
+                 json.loads(a.options), a.encoding)
     if cfg.silos * cfg.samples_per_silo + cfg.eval_samples > 5000:
         p.error("silos × rounds × local-steps × batch-size + eval-samples exceeds the 5,000 images")
     return cfg, a.out

@@ -1,14 +1,22 @@
-"""kopf wiring: a timer per FederatedRound and per FederatedTraining runs one reconcile.
+"""kopf wiring: one reconcile loop (a kopf daemon) per FederatedRound and FederatedTraining.
 
-Timers rather than change handlers: every reconcile reads the object and the Jobs afresh, so
-one periodic entry point covers creation, operator restarts (kopf starts the timer for every
-object it finds), spec edits (refused, see reconcile.py) and Job progress, including Jobs in
-silo clusters the hub cannot watch. Status is written through kopf's ``patch`` (a merge patch
-on the status subresource); Events through ``kopf.event``.
+Each loop reconciles, then sleeps until woken or ``interval`` passes. Wake-ups come from the
+hub's Job watch (a silo or aggregation Job of the round changed) and from a round finishing
+(its training's loop), so a finished Job is acted on at once instead of at the next poll; the
+interval remains the safety net and the only clock for Jobs in silo clusters the hub does not
+watch. One loop per object means reconciles of an object never overlap. Every reconcile reads
+the Jobs afresh, so the same entry point covers creation, operator restarts (kopf starts a
+loop for every object it finds), spec edits (refused, see reconcile.py) and Job progress.
+
+The loop writes status itself (a merge patch on the status subresource) and reconciles next
+from what the API server returned, not from the watch's copy, which may lag behind its own
+write. Events go through ``kopf.event``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -84,25 +92,55 @@ def build_registry(cfg: OperatorConfig, api_factory: ApiFactory = default_api,
             await state["pool"].close()
             await state["api"].close()
 
-    async def run(kind: str, body: Any, patch: kopf.Patch,
-                  reconcile: Callable[[dict[str, Any], datetime], Awaitable[Outcome]]) -> None:
-        t0 = time.perf_counter()
-        raw = plain(body)
-        outcome = await reconcile(raw, datetime.now(UTC))
-        if outcome.status:
-            patch.status.update(outcome.status)
-        for etype, reason, message in outcome.events:
-            kopf.event(body, type=etype, reason=reason, message=message[:1000])
-        metrics.reconcile_seconds(kind, time.perf_counter() - t0)
+    wakers: dict[tuple[str, str], asyncio.Event] = {}
 
-    @kopf.timer(GROUP, VERSION, "federatedrounds", interval=cfg.interval_s, registry=registry,
-                id="reconcile")
-    async def round_timer(body: Any, patch: kopf.Patch, **_: Any) -> None:
-        await run("FederatedRound", body, patch, state["rounds"].reconcile)
+    def wake(namespace: str, name: str) -> None:
+        event = wakers.get((namespace, name))
+        if event is not None:
+            event.set()
 
-    @kopf.timer(GROUP, VERSION, "federatedtrainings", interval=cfg.interval_s,
-                registry=registry, id="reconcile")
-    async def training_timer(body: Any, patch: kopf.Patch, **_: Any) -> None:
+    async def loop(kind: str, plural: str, body: Any, stopped: Any,
+                   reconcile: Callable[[dict[str, Any], datetime], Awaitable[Outcome]]) -> None:
+        meta = body["metadata"]
+        key = (meta.get("namespace") or "default", meta["name"])
+        woken = wakers.setdefault(key, asyncio.Event())
+        written: dict[str, Any] | None = None  # status as of our own last write
+        try:
+            while not stopped:
+                woken.clear()
+                t0 = time.perf_counter()
+                raw = plain(body)
+                if written is not None:
+                    raw["status"] = written
+                outcome = await reconcile(raw, datetime.now(UTC))
+                if outcome.status:
+                    updated = await state["hub"].patch_status(plural, *key, outcome.status)
+                    written = updated.get("status") or {}
+                for etype, reason, message in outcome.events:
+                    kopf.event(body, type=etype, reason=reason, message=message[:1000])
+                metrics.reconcile_seconds(kind, time.perf_counter() - t0)
+                if outcome.done:
+                    return
+                await _sleep(woken, stopped, cfg.interval_s)
+        finally:
+            if wakers.get(key) is woken:
+                del wakers[key]
+
+    @kopf.daemon(GROUP, VERSION, "federatedrounds", registry=registry, id="reconcile",
+                 cancellation_timeout=10)
+    async def round_daemon(body: Any, stopped: Any, **_: Any) -> None:
+        async def go(raw: dict[str, Any], now: datetime) -> Outcome:
+            out = await state["rounds"].reconcile(raw, now)
+            if out.done:  # the training's loop creates the next round now, not at its poll
+                wake(raw["metadata"].get("namespace") or "default",
+                     (raw.get("spec") or {}).get("trainingName", ""))
+            return out
+
+        await loop("FederatedRound", "federatedrounds", body, stopped, go)
+
+    @kopf.daemon(GROUP, VERSION, "federatedtrainings", registry=registry, id="reconcile",
+                 cancellation_timeout=10)
+    async def training_daemon(body: Any, stopped: Any, **_: Any) -> None:
         async def go(raw: dict[str, Any], now: datetime) -> Outcome:
             out = await state["trainings"].reconcile(raw, now)
             name = raw["metadata"]["name"]
@@ -111,6 +149,28 @@ def build_registry(cfg: OperatorConfig, api_factory: ApiFactory = default_api,
                                           out.status.get("loss"))
             return out
 
-        await run("FederatedTraining", body, patch, go)
+        await loop("FederatedTraining", "federatedtrainings", body, stopped, go)
+
+    @kopf.on.event("batch", "v1", "jobs", registry=registry,
+                   labels={"app.kubernetes.io/managed-by": "fedma-operator"})
+    async def job_event(body: Any, **_: Any) -> None:
+        meta = body.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        name = labels.get("fedma.io/round-name")
+        if name:
+            wake(labels.get("fedma.io/round-namespace") or meta.get("namespace") or "default",
+                 name)
 
     return registry
+
+
+async def _sleep(woken: asyncio.Event, stopped: Any, seconds: float) -> None:
+    """Until woken, stopped (kopf's flag) or ``seconds`` pass, whichever is first."""
+    waits = [asyncio.ensure_future(woken.wait()), asyncio.ensure_future(stopped.wait())]
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await w

@@ -64,6 +64,9 @@ def labels(rnd: FederatedRound, role: str, silo: str | None = None,
         f"{LABEL}/training": rnd.spec.training_name,
         f"{LABEL}/round": str(rnd.spec.round),
         f"{LABEL}/round-name": rnd.metadata.name,
+        # Where the round lives (a silo's Jobs may run in another namespace): Job events wake
+        # that round's reconcile loop.
+        f"{LABEL}/round-namespace": rnd.metadata.namespace or "default",
         f"{LABEL}/role": role,
     }
     if silo is not None:

@@ -107,6 +107,14 @@ class Hub(Cluster):
                 return None
             raise
 
+    async def patch_status(self, plural: str, namespace: str, name: str,
+                           status: dict[str, Any]) -> dict[str, Any]:
+        """Merge-patch ``.status`` of a FederatedRound/-Training; returns the updated object."""
+        return await _timed(self.observe, "patch", f"{plural}/status",
+                            lambda: self.custom.patch_namespaced_custom_object_status(
+                                GROUP, VERSION, namespace, plural, name, {"status": status},
+                                _preload_content=False))
+
     async def create_round(self, namespace: str, body: dict[str, Any]) -> bool:
         try:
             await _timed(self.observe, "create", "federatedrounds",

@@ -321,3 +321,28 @@ async def test_missing_kubeconfig_secret_excludes_the_silo_with_the_reason(k8s, 
     st = (await get_round(api))["status"]
     assert st["silos"]["silo-2"]["phase"] == "Excluded"
     assert "default/nope" in st["silos"]["silo-2"]["reason"]
+
+
+async def test_a_finished_job_is_acted_on_at_once_not_at_the_next_poll(k8s):
+    """The reconcile interval is only the safety net: Job events wake the round's loop."""
+    import time
+
+    from tests.operator.conftest import OperatorHandle, record_api_calls
+
+    handle = OperatorHandle(k8s, interval=60.0)
+    await handle.start()
+    try:
+        api, ctl = Api(k8s), JobController(Api(k8s))
+        await api.create(rounds_path(), round_body(silos=2))
+        jobs = await wait_for(lambda: _n_jobs(ctl, 2, role="silo"))
+        t0 = time.perf_counter()
+        for j in jobs:
+            await ctl.finish(j, True, silo_summary(j["metadata"]["labels"]["fedma.io/silo"]))
+        agg = await wait_for(lambda: _n_jobs(ctl, 1, role="aggregate"), timeout=10)
+        assert time.perf_counter() - t0 < 5, "waited for the 60 s poll"
+        await ctl.finish(agg[0], True, agg_summary())
+        await wait_for(lambda: phase_is(api, "Succeeded"), timeout=10)
+        assert time.perf_counter() - t0 < 10
+    finally:
+        await handle.stop()
+        record_api_calls(k8s)

@@ -112,10 +112,17 @@ def build_registry(cfg: OperatorConfig, api_factory: ApiFactory = default_api,
                 raw = plain(body)
                 if written is not None:
                     raw["status"] = written
-                outcome = await reconcile(raw, datetime.now(UTC))
-                if outcome.status:
-                    updated = await state["hub"].patch_status(plural, *key, outcome.status)
-                    written = updated.get("status") or {}
+                try:
+                    outcome = await reconcile(raw, datetime.now(UTC))
+                    if outcome.status:
+                        updated = await state["hub"].patch_status(plural, *key, outcome.status)
+                        written = updated.get("status") or {}
+                except Exception:  # an API hiccup: log it, try again after the interval
+                    log.exception("%s %s/%s: reconcile failed; retrying in %.0f s", kind, *key,
+                                  cfg.interval_s)
+                    written = None  # what we wrote last may not be what is there now
+                    await _sleep(woken, stopped, cfg.interval_s)
+                    continue
                 for etype, reason, message in outcome.events:
                     kopf.event(body, type=etype, reason=reason, message=message[:1000])
                 metrics.reconcile_seconds(kind, time.perf_counter() - t0)

@@ -34,6 +34,7 @@ demo: $(STAMP)
 # docs/benchmarks.md (~15 min on 2 cores).
 bench: $(STAMP)
 	$(BIN)/python bench/train.py --out bench/results
+	$(BIN)/python bench/zero.py --out bench/results
 	$(BIN)/python bench/aggregate.py --out bench/results
 	$(BIN)/python bench/operator.py --out bench/results
 	$(BIN)/python bench/comm.py --out bench/results

@@ -140,6 +140,24 @@ def operator_section(lines: list[str]) -> None:
     lines.append("")
 
 
+def zero_section(lines: list[str]) -> None:
+    det = load("zero-detail.json")
+    lines += ["## DeepSpeed ZeRO-3 on 2 CPU ranks (`bench/zero.py`)", ""]
+    if not det:
+        lines += ["Not run.", ""]
+        return
+    one = det["1"]["frozen_elements_per_rank"][0] * 4
+    lines += ["`fedma train-silo` with the bundled backbones (EfficientNet-Lite0, SmolLM2-135M) "
+              "and `zeroStage: 3`, as one process and under `torchrun --nproc_per_node 2` "
+              "(gloo). Frozen-backbone bytes each rank holds between gathers (float32):", "",
+              "| ranks | per rank | × one rank |", "|---|---|---|"]
+    for n in ("1", "2"):
+        per = det[n]["frozen_elements_per_rank"]
+        lines.append(f"| {n} | " + ", ".join(f"{e * 4 / 2**20:.1f} MiB" for e in per)
+                     + f" | {max(per) * 4 / one:.2f} |")
+    lines.append("")
+
+
 def comm_section(lines: list[str]) -> None:
     res = load("comm.json")
     lines += ["## Wire (`bench/comm.py`)", ""]
@@ -157,11 +175,12 @@ def main() -> int:
              f"its section, in that run, on: {cpu_model()}, {os.cpu_count()} cores, Python "
              f"{platform.python_version()}. Ratios compare figures taken in the same run.", ""]
     summary: list[dict[str, Any]] = []
-    for name in ("train", "aggregate", "operator", "comm"):
+    for name in ("train", "aggregate", "operator", "comm", "zero"):
         summary += [r for r in (load(f"{name}.json") or []) if r.get("target") is not None]
     lines += ["## Targets", "", *rows_table(summary), ""]
     train_section(lines)
     aggregate_section(lines)
+    zero_section(lines)
     operator_section(lines)
     comm_section(lines)
     notes = ROOT / "bench" / "NOTES.md"

@@ -74,6 +74,13 @@ class Layout:
         self.row_h = max(self.row_h, h)
 
 
+def quantiles(histogram: str, by: str, sel: str) -> list[tuple[str, str]]:
+    """p50 and p95 of a histogram over the panel's rate window, one series per ``by``."""
+    return [(f"histogram_quantile({q}, sum by (le, {by}) (rate("
+             f"{histogram}_bucket{{{sel}}}[$__rate_interval])))", f"p{int(q * 100)} {{{{{by}}}}}")
+            for q in (0.5, 0.95)]
+
+
 def _dashboard(uid: str, title: str, description: str, layout: Layout, silo: bool
                ) -> dict[str, Any]:
     return {
@@ -96,12 +103,7 @@ def overview() -> dict[str, Any]:
             [(f"sum by (training, outcome) (increase(fedma_rounds_total{{{SEL}}}[$__range]))",
               "{{training}} {{outcome}}")], w=6)
     d.panel("timeseries", "Round duration", "p50 and p95 wall time of finished rounds.",
-            [(f"histogram_quantile(0.5, sum by (le, training) (rate("
-              f"fedma_round_duration_seconds_bucket{{{SEL}}}[$__rate_interval])))",
-              "p50 {{training}}"),
-             (f"histogram_quantile(0.95, sum by (le, training) (rate("
-              f"fedma_round_duration_seconds_bucket{{{SEL}}}[$__rate_interval])))",
-              "p95 {{training}}")], w=12, unit="s")
+            quantiles("fedma_round_duration_seconds", "training", SEL), w=12, unit="s")
     d.panel("bargauge", "Mean time per phase", "Average time rounds spent in each phase "
             "(Pending, Training, Aggregating) over the time range.",
             [(f"sum by (training, phase) (increase(fedma_round_phase_duration_seconds_sum"
@@ -162,12 +164,7 @@ def silo_view() -> dict[str, Any]:
     d.panel("timeseries", "Step loss", "Loss of the latest optimiser step.",
             [(f"fedma_trainer_loss{{{SILO}}}", "{{silo}}")], w=8)
     d.panel("timeseries", "Step time", "p50 and p95 wall time of one optimiser step.",
-            [(f"histogram_quantile(0.5, sum by (le, silo) (rate("
-              f"fedma_trainer_step_duration_seconds_bucket{{{SILO}}}[$__rate_interval])))",
-              "p50 {{silo}}"),
-             (f"histogram_quantile(0.95, sum by (le, silo) (rate("
-              f"fedma_trainer_step_duration_seconds_bucket{{{SILO}}}[$__rate_interval])))",
-              "p95 {{silo}}")], w=8, unit="s")
+            quantiles("fedma_trainer_step_duration_seconds", "silo", SILO), w=8, unit="s")
     d.panel("state-timeline", "Phase", "What each silo Job is doing (loading the models, "
             "training, uploading its update, done).",
             [(f"max by (silo, phase) (fedma_trainer_phase{{{SILO}}}) == 1", "{{silo}} {{phase}}")],

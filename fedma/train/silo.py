@@ -51,6 +51,9 @@ def load_input(store: Store, rnd: FederatedRound) -> tuple[dict[str, torch.Tenso
     return store.get_tensors(store.rel(ref.uri), ref.digest), ref.digest
 
 
+SEED_COMMIT_WAIT_S = 600
+
+
 def seeded_initial(store: Store, rnd: FederatedRound, model_projector: torch.nn.Module,
                    rank: int) -> tuple[dict[str, torch.Tensor], str]:
     """Round 1 without ``spec.input`` (how the operator starts a training: the hub need not hold
@@ -64,6 +67,14 @@ def seeded_initial(store: Store, rnd: FederatedRound, model_projector: torch.nn.
         store.put_tensors(rel, projector_state(model_projector), {
             "kind": "global-projector", "round": 0, "seed": spec.training.seed,
             "projector": spec.model.projector.type})
+    # The other ranks of a multi-GPU Job get here before rank 0 has committed it (found by
+    # bench/zero.py): wait for the commit rather than fail.
+    deadline = time.monotonic() + SEED_COMMIT_WAIT_S
+    while not store.committed(rel):
+        if time.monotonic() > deadline:
+            raise ArtifactError(f"{store.uri(rel)}: rank 0 did not commit the seeded initial "
+                                f"projector within {SEED_COMMIT_WAIT_S} s")
+        time.sleep(0.5)
     digest = store.get_manifest(rel)["sha256"]
     return store.get_tensors(rel, digest), digest
 

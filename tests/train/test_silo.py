@@ -112,3 +112,30 @@ def test_round_one_without_input_commits_one_seeded_initial_projector(tmp_path, 
     assert out["included"] == ["silo-1", "silo-2"]
     # Re-running silo-1 reuses its committed update (idempotent Job retries).
     assert train_silo(rnd, "silo-1")["reused"] is True
+
+
+def test_other_ranks_wait_for_rank_zero_to_commit_the_seeded_projector(tmp_path, tiny_models,
+                                                                       monkeypatch):
+    """A multi-GPU Job's ranks start together; rank 1 must not read round 0 before rank 0
+    wrote it (bench/zero.py hit this on round 1 without input)."""
+    import threading
+    import time
+
+    import fedma.train.silo as silo_mod
+
+    training = parse(training_manifest(tmp_path, tiny_models))
+    rnd = round_spec(training, 1, None)
+    store = Store(training.spec.artifacts.uri)
+    proj = build_projector("mlp2x_gelu", 32, 32, seed=0)
+    late = threading.Timer(1.0, silo_mod.seeded_initial, (store, rnd, proj, 0))
+    late.start()
+    t0 = time.monotonic()
+    weights, digest = silo_mod.seeded_initial(store, rnd, proj, 1)
+    late.join()
+    assert time.monotonic() - t0 >= 0.9
+    assert digest == store.get_manifest(global_rel("tiny", 0))["sha256"]
+    assert set(weights) == set(projector_state(proj))
+    monkeypatch.setattr(silo_mod, "SEED_COMMIT_WAIT_S", 0.2)
+    other = round_spec(parse({**training_manifest(tmp_path / "b", tiny_models)}), 1, None)
+    with pytest.raises(ArtifactError, match="rank 0 did not commit"):
+        silo_mod.seeded_initial(Store(other.spec.artifacts.uri), other, proj, 1)

@@ -114,7 +114,8 @@ def build_registry(cfg: OperatorConfig, api_factory: ApiFactory = default_api,
                     raw["status"] = written
                 try:
                     outcome = await reconcile(raw, datetime.now(UTC))
-                    if outcome.status:
+                    current = raw.get("status") or {}
+                    if any(current.get(k) != v for k, v in outcome.status.items()):
                         updated = await state["hub"].patch_status(plural, *key, outcome.status)
                         written = updated.get("status") or {}
                 except Exception:  # an API hiccup: log it, try again after the interval
@@ -171,8 +172,12 @@ def build_registry(cfg: OperatorConfig, api_factory: ApiFactory = default_api,
     return registry
 
 
+COALESCE_S = 0.05  # after a wake-up, let the rest of a burst of Job events arrive
+
+
 async def _sleep(woken: asyncio.Event, stopped: Any, seconds: float) -> None:
-    """Until woken, stopped (kopf's flag) or ``seconds`` pass, whichever is first."""
+    """Until woken, stopped (kopf's flag) or ``seconds`` pass, whichever is first. A wake-up
+    waits a little more so that Jobs finishing together cost one reconcile, not one each."""
     waits = [asyncio.ensure_future(woken.wait()), asyncio.ensure_future(stopped.wait())]
     try:
         await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
@@ -181,3 +186,5 @@ async def _sleep(woken: asyncio.Event, stopped: Any, seconds: float) -> None:
             w.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await w
+    if woken.is_set() and not stopped:
+        await asyncio.sleep(COALESCE_S)

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -55,6 +56,7 @@ class CountingEmulator(Emulator):
     silos made the emulator, not the operator, the bottleneck (55 of 58 CPU seconds)."""
 
     served = 0
+    by_kind: ClassVar[collections.Counter[str]] = collections.Counter()
 
     async def _handle(self, request: Any) -> Any:
         try:
@@ -64,6 +66,9 @@ class CountingEmulator(Emulator):
             agent = str((getattr(request, "headers", None) or {}).get("User-Agent", ""))
             if res is not None and TEST_AGENT not in agent and res.plural != "events":
                 type(self).served += 1
+                action = getattr(getattr(request, "action", None), "value", "?")
+                sub = f"/{request.subresource}" if getattr(request, "subresource", None) else ""
+                type(self).by_kind[f"{action} {res.plural}{sub}"] += 1
             del self._requests[:-32]
 
 
@@ -124,12 +129,15 @@ async def bench(silos: int, rounds: int, interval: float) -> dict[str, Any]:
                 requests.append(operator_requests(k) - before)
         finally:
             await handle.stop()
+    by_kind = dict(type(k).by_kind)
+    type(k).by_kind.clear()
     latencies.sort()
     p95 = latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))]
     return {"silos": silos, "rounds": rounds, "interval_s": interval,
             "requests_per_round": statistics.median(requests), "minimum": silos + 8,
             "latency_p50_s": statistics.median(latencies), "latency_p95_s": p95,
-            "cpu_s_per_round": statistics.median(cpu), "wall_s_per_round": statistics.median(wall)}
+            "cpu_s_per_round": statistics.median(cpu), "wall_s_per_round": statistics.median(wall),
+            "requests_by_kind_all_rounds": by_kind}
 
 
 async def controller_cpu(silos: int) -> float:

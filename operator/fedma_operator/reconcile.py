@@ -29,7 +29,7 @@ from fedma.rounds import (
 from fedma.spec import FederatedRound, SpecError, parse
 from fedma_operator import jobs
 from fedma_operator.clusters import ClusterPool, SiloClusterError
-from fedma_operator.kube import Cluster
+from fedma_operator.kube import Cluster, matches
 
 log = logging.getLogger("fedma.operator")
 
@@ -196,7 +196,7 @@ class RoundReconciler:
 
         obs_silos: dict[str, SiloObservation] = {}
         # One list of this round's silo Jobs per (cluster, namespace), not one per silo.
-        round_jobs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        round_jobs: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for silo in spec.silos:
             entry = silos.setdefault(silo.name, {"attempts": 0})
             ns = silo.namespace or namespace
@@ -327,7 +327,7 @@ class RoundReconciler:
 
     async def _observe_silo(self, rnd: FederatedRound, silo: str, cluster: Cluster | None,
                             namespace: str, entry: dict[str, Any], cluster_error: str | None,
-                            round_jobs: dict[tuple[str, str], list[dict[str, Any]]]
+                            round_jobs: dict[tuple[str, ...], list[dict[str, Any]]]
                             ) -> SiloObservation:
         attempts = int(entry.get("attempts") or 0)
         recorded = entry.get("jobState")
@@ -364,7 +364,13 @@ class RoundReconciler:
         if state == JobState.ACTIVE:
             entry["jobState"] = JobState.ACTIVE
             return SiloObservation(attempts, JobState.ACTIVE)
-        pods = await cluster.list_pods(namespace, {"job-name": job["metadata"]["name"]})
+        # One pod list per cluster and namespace per reconcile, as for Jobs (was one per silo:
+        # 100 silos finishing together cost 100 lists; bench/operator.py).
+        pods_key = (cluster.name, namespace, "pods")
+        if pods_key not in round_jobs:
+            round_jobs[pods_key] = await cluster.list_pods(namespace, {})
+        pods = [p for p in round_jobs[pods_key] if matches(p, {"job-name":
+                                                               job["metadata"]["name"]})]
         summary = termination_summary(pods)
         if state == JobState.FAILED:
             why = (summary or {}).get("reason") or reason or "training Job failed"

@@ -133,6 +133,50 @@ def worker(shape_name: str, k: int, strategies: list[str], repeats: int) -> list
     return rows
 
 
+def profile_fedcmp(shape_name: str, k: int) -> dict[str, float]:
+    """Where Fed-CMP's time goes (cProfile, second call, warm): seconds by operation."""
+    import cProfile
+    import pstats
+
+    import torch
+    from safetensors.torch import save_file
+
+    from fedma.aggregate import SiloUpdate, get_strategy
+    from fedma.aggregate.mapped import MappedTensors
+
+    gen = torch.Generator().manual_seed(0)
+    base = projector(SHAPES[shape_name], gen)
+    with tempfile.TemporaryDirectory(prefix="fedma-bench-agg-") as work:
+        updates = []
+        for i in range(k):
+            path = Path(work) / f"silo-{i:03d}.safetensors"
+            save_file({n: t + 1e-3 * torch.randn(t.shape, generator=gen) for n, t in
+                       base.items()}, path)
+            updates.append(SiloUpdate(f"silo-{i:03d}", MappedTensors(path), 100 + i))
+        strategy = get_strategy("fedcmp")
+        strategy.aggregate(base, updates, {})
+        prof = cProfile.Profile()
+        t0 = time.perf_counter()
+        prof.enable()
+        strategy.aggregate(base, updates, {})
+        prof.disable()
+        total = time.perf_counter() - t0
+    stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    out: dict[str, float] = {"total": total}
+    groups = {"skinny GEMMs of the randomized SVD (addmm)": ("addmm", "addmm_"),
+              "blocked mean and energy pass (add_, sub, dot)": ("add_", "sub", "dot"),
+              "small dense algebra (qr, eigh, einsum, matmul)": ("qr", "eigh", "einsum",
+                                                                 "matmul")}
+    for label, names in groups.items():
+        out[label] = sum(v[2] for (_, _, fn), v in stats.items()
+                         if any(fn == n or fn.endswith(f"'{n}'") or fn.endswith(f".{n}>")
+                                or fn == f"<built-in method torch.{n}>"
+                                or fn == f"<method '{n}' of 'torch._C.TensorBase' objects>"
+                                for n in names))
+    out["everything else"] = total - sum(v for k2, v in out.items() if k2 != "total")
+    return out
+
+
 def run_worker(shape: str, k: int, strategies: list[str], repeats: int) -> list[dict]:
     cmd = [sys.executable, __file__, "--worker", f"{shape}:{k}", "--strategies",
            ",".join(strategies), "--repeats", str(repeats)]
@@ -154,7 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     strategies = args.strategies.split(",")
     if args.worker:
         shape, k = args.worker.split(":")
-        print(json.dumps(worker(shape, int(k), strategies, args.repeats)))
+        if args.strategies == "profile":
+            print(json.dumps(profile_fedcmp(shape, int(k))))
+        else:
+            print(json.dumps(worker(shape, int(k), strategies, args.repeats)))
         return 0
 
     bw = copy_bandwidth()
@@ -166,11 +213,16 @@ def main(argv: list[str] | None = None) -> int:
             got = run_worker(shape, k, strategies, args.repeats)
             print(f"  {shape} K={k}: {len(got)} strategies in {time.perf_counter() - t0:.0f} s")
             rows += got
+    profile = json.loads(subprocess.run(
+        [sys.executable, __file__, "--worker", "7b:16", "--strategies", "profile"],
+        capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+    print("fedcmp 7b K=16 profile: " + ", ".join(f"{k} {v:.2f} s" for k, v in profile.items()))
     results, table = summarise(rows, bw)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "aggregate.json").write_text(json.dumps(results, indent=1) + "\n")
     (Path(args.out) / "aggregate-detail.json").write_text(json.dumps(
-        {"copy_bandwidth_bytes_per_s": bw, "runs": rows}, indent=1) + "\n")
+        {"copy_bandwidth_bytes_per_s": bw, "runs": rows, "fedcmp_profile_7b_k16": profile},
+        indent=1) + "\n")
     print(table)
     return 0
 

@@ -110,6 +110,14 @@ def aggregate_section(lines: list[str]) -> None:
                      f"{r['seconds'] / bound:.2f} | "
                      f"{r['seconds'] / fedavg[(r['shape'], r['k'])]:.2f} | "
                      f"{r['peak_extra_bytes'] / r['model_bytes']:.1f} |")
+    prof = det.get("fedcmp_profile_7b_k16")
+    if prof:
+        lines += ["", "Fed-CMP's time, 7B shape, K = 16 (cProfile, warm call):", "",
+                  "| where | seconds | share |", "|---|---|---|"]
+        for k, v in prof.items():
+            if k != "total":
+                lines.append(f"| {k} | {v:.2f} | {v / prof['total']:.0%} |")
+        lines.append(f"| total | {prof['total']:.2f} | |")
     sha = sorted({(r["shape"], r["k"], r["sha256_seconds"], r["model_bytes"])
                   for r in det["runs"]})
     lines += ["", "Digest checking, per Job (sha256 of every update byte, one core): " + "; ".join(

@@ -87,10 +87,23 @@ def projector(shape: tuple[int, int, int], gen: Any) -> dict[str, Any]:
             "2.weight": torch.randn(o, h, generator=gen) * 0.02, "2.bias": torch.zeros(o)}
 
 
+def write_updates(work: Path, base: dict[str, Any], k: int, gen: Any) -> list[Path]:
+    """K silo updates near ``base`` as safetensors files, as the Job's verified copies."""
+    import torch
+    from safetensors.torch import save_file
+
+    files = []
+    for i in range(k):
+        path = work / f"silo-{i:03d}.safetensors"
+        save_file({n: t + 1e-3 * torch.randn(t.shape, generator=gen) for n, t in base.items()},
+                  path)
+        files.append(path)
+    return files
+
+
 def worker(shape_name: str, k: int, strategies: list[str], repeats: int) -> list[dict]:
     """One (shape, K): write K updates, then time each strategy on them (best of repeats)."""
     import torch
-    from safetensors.torch import save_file
 
     from fedma.aggregate import SiloUpdate, get_strategy
     from fedma.aggregate.mapped import MappedTensors
@@ -101,12 +114,7 @@ def worker(shape_name: str, k: int, strategies: list[str], repeats: int) -> list
     model_bytes = sum(t.numel() * 4 for t in base.values())
     rows = []
     with tempfile.TemporaryDirectory(prefix="fedma-bench-agg-") as work:
-        files = []
-        for i in range(k):
-            path = Path(work) / f"silo-{i:03d}.safetensors"
-            save_file({n: t + 1e-3 * torch.randn(t.shape, generator=gen) for n, t in
-                       base.items()}, path)
-            files.append(path)
+        files = write_updates(Path(work), base, k, gen)
         t0 = time.perf_counter()
         for path in files:  # what the Job's verified copy costs per update, per byte
             h = hashlib.sha256()
@@ -139,7 +147,6 @@ def profile_fedcmp(shape_name: str, k: int) -> dict[str, float]:
     import pstats
 
     import torch
-    from safetensors.torch import save_file
 
     from fedma.aggregate import SiloUpdate, get_strategy
     from fedma.aggregate.mapped import MappedTensors
@@ -147,12 +154,8 @@ def profile_fedcmp(shape_name: str, k: int) -> dict[str, float]:
     gen = torch.Generator().manual_seed(0)
     base = projector(SHAPES[shape_name], gen)
     with tempfile.TemporaryDirectory(prefix="fedma-bench-agg-") as work:
-        updates = []
-        for i in range(k):
-            path = Path(work) / f"silo-{i:03d}.safetensors"
-            save_file({n: t + 1e-3 * torch.randn(t.shape, generator=gen) for n, t in
-                       base.items()}, path)
-            updates.append(SiloUpdate(f"silo-{i:03d}", MappedTensors(path), 100 + i))
+        updates = [SiloUpdate(p.stem, MappedTensors(p), 100 + i)
+                   for i, p in enumerate(write_updates(Path(work), base, k, gen))]
         strategy = get_strategy("fedcmp")
         strategy.aggregate(base, updates, {})
         prof = cProfile.Profile()

@@ -39,28 +39,38 @@ def delta_norms(base: Tensors, updates: Sequence[SiloUpdate]) -> list[float]:
     return [math.sqrt(s) for s in sq]
 
 
-def mean_and_energy(x: torch.Tensor, views: Sequence[torch.Tensor],
-                    coefficients: Sequence[float]) -> tuple[torch.Tensor, list[float]]:
-    """For one tensor: Σᵢ cᵢ·(wᵢ − x) (float32, as ``weighted_mean_delta``) and each silo's
-    ‖wᵢ − x‖² (float64 sums of float32 block differences, free of the cancellation that
-    ‖wᵢ‖² − 2⟨wᵢ, x⟩ + ‖x‖² would suffer), in one blocked pass."""
-    flat_x = x.reshape(-1).float()
+def _blocked_pass(x: torch.Tensor, views: Sequence[torch.Tensor],
+                  coefficients: Sequence[float], energy: bool
+                  ) -> tuple[torch.Tensor, list[float]]:
+    """One tensor, one pass: Σᵢ cᵢ·wᵢ − (Σᵢ cᵢ)·x (in x's precision, at least float32) and,
+    with ``energy``, each silo's ‖wᵢ − x‖² (float64 sums of block differences)."""
+    flat_x = x.reshape(-1)
     flats = [v.reshape(-1) for v in views]
-    acc = torch.empty(flat_x.numel())
+    acc = torch.empty(flat_x.numel(), dtype=torch.promote_types(x.dtype, torch.float32))
     sq = [0.0] * len(flats)
     total = float(sum(coefficients))
     for start in range(0, flat_x.numel(), BLOCK):
         stop = min(start + BLOCK, flat_x.numel())
         xb = flat_x[start:stop]
         block = acc[start:stop]
-        block.zero_()
-        tmp = torch.empty_like(xb)
-        for i, (view, c) in enumerate(zip(flats, coefficients, strict=True)):
+        torch.mul(flats[0][start:stop], coefficients[0], out=block)
+        for view, c in zip(flats[1:], coefficients[1:], strict=True):
             block.add_(view[start:stop], alpha=c)
-            torch.sub(view[start:stop], xb, out=tmp)
-            sq[i] += float(torch.dot(tmp, tmp))
+        if energy:
+            tmp = torch.empty_like(xb)
+            for i, view in enumerate(flats):
+                torch.sub(view[start:stop], xb, out=tmp)
+                sq[i] += float(torch.dot(tmp, tmp))
         block.sub_(xb, alpha=total)
     return acc.view(x.shape), sq
+
+
+def mean_and_energy(x: torch.Tensor, views: Sequence[torch.Tensor],
+                    coefficients: Sequence[float]) -> tuple[torch.Tensor, list[float]]:
+    """For one tensor: Σᵢ cᵢ·(wᵢ − x) (float32, as ``weighted_mean_delta``) and each silo's
+    ‖wᵢ − x‖² (float64 sums of float32 block differences, free of the cancellation that
+    ‖wᵢ‖² − 2⟨wᵢ, x⟩ + ‖x‖² would suffer), in one blocked pass."""
+    return _blocked_pass(x.float(), views, coefficients, energy=True)
 
 
 def weighted_mean_delta(base: Tensors, updates: Sequence[SiloUpdate],
@@ -70,19 +80,6 @@ def weighted_mean_delta(base: Tensors, updates: Sequence[SiloUpdate],
     silo, so the pass runs at memory speed. The rounding this leaves (≈ 1e-7 of a weight,
     against float64) is far below what one training step moves a weight; the order is fixed
     (silos sorted by name), so the result is deterministic."""
-    out: Tensors = {}
-    total = float(sum(coefficients))
-    for key, x in base.items():
-        flat_x = x.reshape(-1)
-        dtype = torch.promote_types(x.dtype, torch.float32)
-        acc = torch.empty(flat_x.numel(), dtype=dtype)
-        views = [u.weights[key].reshape(-1) for u in updates]
-        for start in range(0, flat_x.numel(), BLOCK):
-            stop = min(start + BLOCK, flat_x.numel())
-            block = acc[start:stop]
-            torch.mul(views[0][start:stop], coefficients[0], out=block)
-            for view, c in zip(views[1:], coefficients[1:], strict=True):
-                block.add_(view[start:stop], alpha=c)
-            block.sub_(flat_x[start:stop], alpha=total)
-        out[key] = acc.view(x.shape)
-    return out
+    return {key: _blocked_pass(x, [u.weights[key] for u in updates], coefficients,
+                               energy=False)[0]
+            for key, x in base.items()}

@@ -49,13 +49,11 @@ class TrainerMetrics:
         self.round.set(round_number)
         self.set_phase("loading")
         self._last = time.perf_counter()
-        self._taken = 0
 
     def step(self, batch_size: int, loss: float) -> None:
         now = time.perf_counter()
-        if self._taken == 0:  # the first step includes the data pipeline's start
+        if self.phase == "loading":  # the first step includes the data pipeline's start
             self.set_phase("training")
-        self._taken += 1
         self.step_seconds.observe(now - self._last)
         self._last = now
         self.steps.inc()

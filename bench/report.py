@@ -110,6 +110,20 @@ def aggregate_section(lines: list[str]) -> None:
                      f"{r['seconds'] / bound:.2f} | "
                      f"{r['seconds'] / fedavg[(r['shape'], r['k'])]:.2f} | "
                      f"{r['peak_extra_bytes'] / r['model_bytes']:.1f} |")
+    touch = [r for r in det["runs"] if r["strategy"] == "fedavg"
+             and "output_first_touch_seconds" in r]
+    if touch:
+        lines += ["", "FedAvg's time split: the fresh output's first touch (the kernel maps and "
+                  "zeroes each page of a new model-sized tensor before it is written; fresh "
+                  "fill minus resident fill, same run) and the rest (the pass itself):", "",
+                  "| shape | K | FedAvg s | first touch s | rest s | bound s | rest × bound |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in touch:
+            bound = (r["k"] + 2) * r["model_bytes"] / bw
+            t = r["output_first_touch_seconds"]
+            lines.append(f"| {r['shape']} | {r['k']} | {r['seconds']:.3f} | {t:.3f} | "
+                         f"{r['seconds'] - t:.3f} | {bound:.3f} | "
+                         f"{(r['seconds'] - t) / bound:.2f} |")
     prof = det.get("fedcmp_profile_7b_k16")
     if prof:
         lines += ["", "Fed-CMP's time, 7B shape, K = 16 (cProfile, warm call):", "",

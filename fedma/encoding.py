@@ -82,12 +82,23 @@ class Decoded(Mapping[str, torch.Tensor]):
     def __getitem__(self, k: str) -> torch.Tensor:
         if self.encoding == "float32":
             return self.stored[k]
-        x = self.base[k].float()
+        return self.block(k, 0, self.base[k].numel()).view(self.base[k].shape)
+
+    def block(self, k: str, start: int, stop: int) -> torch.Tensor:
+        """Elements [start, stop) of tensor ``k``'s weights, flattened, decoded alone: the
+        streamed passes (fedma.aggregate.stream) read K updates a cache-sized block at a
+        time, so a decoded update never exists as a whole tensor there."""
+        if self.encoding == "float32":
+            return self.stored[k].reshape(-1)[start:stop]
+        x = self.base[k].reshape(-1)[start:stop].float()
         if self.encoding == "bfloat16":
-            return x + self.stored[k].float()
-        q = self.stored[k]
-        scale = self.stored[k + SCALE]
-        return x + (_rows(q).float() * scale[:, None]).reshape(q.shape)
+            return x + self.stored[k].reshape(-1)[start:stop].float()
+        q = _rows(self.stored[k])
+        width = q.shape[1]
+        first, last = start // width, -(-stop // width)  # the rows the block touches
+        scale = self.stored[k + SCALE][first:last, None]
+        delta = (q[first:last].float() * scale).reshape(-1)
+        return x + delta[start - first * width : stop - first * width]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names)

@@ -40,7 +40,7 @@ import torch
 
 from fedma.aggregate.base import AggregateResult, SiloUpdate, Tensors
 from fedma.aggregate.server_opt import ServerOptimizer, _get, clip_factors
-from fedma.aggregate.stream import mean_and_energy, weighted_mean_delta
+from fedma.aggregate.stream import block_reader, mean_and_energy, weighted_mean_delta
 
 EXACT_SVD_MAX = 1024  # below this smaller side, a full SVD is cheap and exact
 
@@ -233,9 +233,14 @@ class FedCMP(ServerOptimizer):
         x32 = x.float()
         gen = torch.Generator().manual_seed(int(self.opts["seed"]))
         # Every GEMM reads a silo's weights in place: Δᵢ·M = Wᵢ·M − X·M, no Δᵢ is formed.
-        ws = [ordered[i].weights[key].float() for i in range(k)]  # views when already fp32
+        # A view when the update is float32 on disk; an encoded one is decoded per use, one
+        # silo at a time, never K decoded copies at once.
+        def ws(i: int) -> torch.Tensor:
+            return ordered[i].weights[key].float()
+
         f = factors
-        mean32, sq = mean_and_energy(x32, ws, [p[i] * f[i] for i in range(k)])
+        mean32, sq = mean_and_energy(x32, [block_reader(u.weights, key) for u in ordered],
+                                     [p[i] * f[i] for i in range(k)])
         total = sum(p[i] * f[i] ** 2 * sq[i] for i in range(k))
         if total == 0.0:
             return mean32, shares[:, None].clone(), torch.zeros(out_dim, 0, dtype=torch.float64)
@@ -243,7 +248,7 @@ class FedCMP(ServerOptimizer):
         omega_sum = torch.zeros(in_dim, q)
         for i in range(k):
             omega = torch.randn(in_dim, q, generator=gen)
-            y.addmm_(ws[i], omega, alpha=sqrt_p[i] * f[i])
+            y.addmm_(ws(i), omega, alpha=sqrt_p[i] * f[i])
             omega_sum.add_(omega, alpha=sqrt_p[i] * f[i])
         y.addmm_(x32, omega_sum, alpha=-1.0)
         qm = torch.linalg.qr(y).Q
@@ -251,13 +256,14 @@ class FedCMP(ServerOptimizer):
         y = torch.zeros(out_dim, q)
         z_sum = torch.zeros(in_dim, q)
         for i in range(k):  # one power iteration sharpens the spectrum's tail
-            z = torch.addmm(xq, ws[i].T, qm, beta=-1.0).mul_(f[i])  # Δᵢᵀ Q
-            y.addmm_(ws[i], z, alpha=p[i] * f[i])
+            w = ws(i)
+            z = torch.addmm(xq, w.T, qm, beta=-1.0).mul_(f[i])  # Δᵢᵀ Q
+            y.addmm_(w, z, alpha=p[i] * f[i])
             z_sum.add_(z, alpha=p[i] * f[i])
         y.addmm_(x32, z_sum, alpha=-1.0)
         qm = torch.linalg.qr(y).Q
         qx = qm.T @ x32  # q × in
-        b = torch.stack([torch.addmm(qx, qm.T, ws[i], beta=-1.0).mul_(sqrt_p[i] * f[i])
+        b = torch.stack([torch.addmm(qx, qm.T, ws(i), beta=-1.0).mul_(sqrt_p[i] * f[i])
                          for i in range(k)])  # K × q × in: Bᵢ = √pᵢ Qᵀ Δᵢ
         gram = torch.einsum("kqi,kpi->qp", b.double(), b.double())  # B·Bᵀ, q × q
         evals, evecs = torch.linalg.eigh(gram)

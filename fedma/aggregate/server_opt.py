@@ -23,7 +23,7 @@ import torch
 from fedma.aggregate.base import AggregateResult, SiloUpdate, Tensors
 from fedma.aggregate.privacy import PrivacyConfig, privatise
 from fedma.aggregate.robust import Combined, combine
-from fedma.aggregate.stream import delta_norms, weighted_mean_delta
+from fedma.aggregate.stream import delta_norms, weighted_mean_delta, weighted_step
 
 
 class ServerOptimizer:
@@ -62,18 +62,27 @@ class ServerOptimizer:
         # Server state in float32, as it is stored (the artifact is float32 anyway).
         state = {k: v.to(torch.float32, copy=True) for k, v in server_state.items()}
         extra: dict[str, Any] = {}
+        new: Tensors | None = None
         if self.privacy is not None:
             delta, notes, extra["_privacy"] = privatise(
                 {u.silo: u.delta(base) for u in ordered}, self.privacy, state)
             combined = Combined(delta, notes)
         elif self.robust.get("rule", "mean") == "mean":
-            combined = streamed_mean(base, ordered, self.robust.get("clip_norm", 0.0))
+            if type(self).step is ServerOptimizer.step:
+                # Plain step (FedAvg): new weights in one pass, no delta in between.
+                coeffs, notes = mean_coefficients(base, ordered,
+                                                  self.robust.get("clip_norm", 0.0))
+                new = weighted_step(base, ordered, coeffs, self.opts["server_lr"])
+                combined = Combined({}, notes)
+            else:
+                combined = streamed_mean(base, ordered, self.robust.get("clip_norm", 0.0))
         else:
             combined = combine({u.silo: u.delta(base) for u in ordered},
                                {u.silo: u.samples for u in ordered}, **self.robust)
-        step = self.step(combined.delta, state)
-        # The step is ours (never a caller's tensor): add the base into it in place.
-        new = {k: step[k].to(base[k].dtype).add_(base[k]) for k in base}
+        if new is None:
+            step = self.step(combined.delta, state)
+            # The step is ours (never a caller's tensor): add the base into it in place.
+            new = {k: step[k].to(base[k].dtype).add_(base[k]) for k in base}
         total = sum(u.samples for u in ordered)
         # Under central DP the silos are weighted equally (see privacy.py).
         weight = ({u.silo: 1 / len(ordered) for u in ordered} if self.privacy is not None
@@ -105,11 +114,17 @@ def clip_factors(base: Tensors, ordered: list[SiloUpdate], clip_norm: float
     return factors, notes
 
 
-def streamed_mean(base: Tensors, ordered: list[SiloUpdate], clip_norm: float) -> Combined:
-    """The sample-weighted mean delta (after optional clipping) in O(model) memory."""
+def mean_coefficients(base: Tensors, ordered: list[SiloUpdate], clip_norm: float
+                      ) -> tuple[list[float], dict[str, str]]:
+    """Each silo's weight in the mean delta: its sample share times its clipping factor."""
     total = sum(u.samples for u in ordered)
     factors, notes = clip_factors(base, ordered, clip_norm)
-    coeffs = [u.samples / total * f for u, f in zip(ordered, factors, strict=True)]
+    return [u.samples / total * f for u, f in zip(ordered, factors, strict=True)], notes
+
+
+def streamed_mean(base: Tensors, ordered: list[SiloUpdate], clip_norm: float) -> Combined:
+    """The sample-weighted mean delta (after optional clipping) in O(model) memory."""
+    coeffs, notes = mean_coefficients(base, ordered, clip_norm)
     return Combined(weighted_mean_delta(base, ordered, coeffs), notes)
 
 

@@ -77,3 +77,38 @@ def test_a_round_with_encoded_updates_aggregates_close_to_float32(tmp_path, tiny
         move = (ref[k] - r0[k]).norm()
         assert float((got[k] - ref[k]).norm() / move) < 0.02, k
     assert outs[encoding][1] < 0.6 * outs["float32"][1]
+
+
+@pytest.mark.parametrize("encoding", ["float32", "bfloat16", "int8"])
+def test_a_block_decodes_exactly_the_slice_of_the_whole_tensor(encoding):
+    base, weights, _ = _pair(rows=37, cols=53)  # rows do not divide the block ranges
+    decoded = Decoded(encode(weights, base, encoding), base, encoding)
+    for k in base:
+        whole = decoded[k].reshape(-1)
+        for start, stop in [(0, whole.numel()), (0, 1), (50, 59), (52, 107), (1000, 1961)]:
+            stop = min(stop, whole.numel())
+            assert torch.equal(decoded.block(k, start, stop), whole[start:stop]), (k, start)
+
+
+class _WholeTensorsForbidden(Decoded):
+    def __getitem__(self, k):
+        raise AssertionError(f"whole decoded tensor {k!r} requested")
+
+
+def test_fedavg_decodes_encoded_updates_block_by_block_never_whole(monkeypatch):
+    """Otherwise the blocked mean would hold K decoded copies of the largest layer."""
+    from fedma.aggregate import SiloUpdate, get_strategy, stream
+
+    monkeypatch.setattr(stream, "BLOCK", 1000)  # several blocks per tensor, ragged edges
+    base, _, _ = _pair(rows=64, cols=96)
+    ups, plain = [], []
+    for i in range(4):
+        g = torch.Generator().manual_seed(i + 1)
+        w = {k: v + 1e-3 * torch.randn(v.shape, generator=g) for k, v in base.items()}
+        ups.append(SiloUpdate(f"s{i}", _WholeTensorsForbidden(encode(w, base, "int8"), base,
+                                                              "int8"), 10 + i))
+        plain.append(SiloUpdate(f"s{i}", roundtrip(w, base, "int8"), 10 + i))
+    got = get_strategy("fedavg", robust={"clip_norm": 0.01}).aggregate(base, ups, {})
+    want = get_strategy("fedavg", robust={"clip_norm": 0.01}).aggregate(base, plain, {})
+    for k in base:
+        assert torch.equal(got.weights[k], want.weights[k]), k

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from fedma.aggregate import SiloUpdate, get_strategy
 from fedma.aggregate.mapped import MappedTensors
 from fedma.aggregate.robust import combine
-from fedma.aggregate.stream import BLOCK, delta_norms, weighted_mean_delta
+from fedma.aggregate.stream import BLOCK, delta_norms, weighted_mean_delta, weighted_step
 from fedma.store import ArtifactError, Store
 
 
@@ -40,6 +40,27 @@ def test_blocked_mean_equals_the_plain_mean_across_block_edges(tmp_path):
     for u, n in zip(ups, norms, strict=True):
         assert n == pytest.approx(float(torch.cat([d.reshape(-1) for d in u.delta(
             base).values()]).norm()), rel=1e-12)
+
+
+@pytest.mark.parametrize(("lr", "clip"), [(1.0, 0.0), (0.5, 0.0), (1.0, 1.0)])
+def test_fedavg_new_weights_in_one_pass_equal_base_plus_mean_delta(tmp_path, lr, clip):
+    """FedAvg writes Σ η·cᵢ·wᵢ + (1 − η·Σcᵢ)·x directly; it must be x + η·mean delta (the
+    float64 reference) to float32 rounding, also with clipping (Σcᵢ < 1) and η ≠ 1."""
+    base, ups = _updates(tmp_path)
+    total = sum(u.samples for u in ups)
+    got = get_strategy("fedavg", {"server_lr": lr}, robust={"clip_norm": clip}).aggregate(
+        base, ups, {})
+    norms = delta_norms(base, ups)
+    factors = [min(1.0, clip / n) if clip else 1.0 for n in norms]
+    assert not clip or min(factors) < 1  # the clipped case really clips
+    for k, x in base.items():
+        ref = x.double() + lr * sum(u.samples / total * f * u.delta(base)[k]
+                                    for u, f in zip(ups, factors, strict=True))
+        assert got.weights[k].dtype == x.dtype
+        assert torch.allclose(got.weights[k].double(), ref, rtol=0, atol=2e-6)
+    direct = weighted_step(base, ups, [u.samples / total for u in ups], 1.0)
+    assert all(torch.equal(direct[k], weighted_step(base, ups, [u.samples / total for u in ups],
+                                                     1.0)[k]) for k in base)
 
 
 def test_strategies_read_mapped_updates_like_in_memory_ones(tmp_path):

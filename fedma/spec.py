@@ -283,9 +283,11 @@ class FederatedTrainingSpec(_CommonSpec):
 
 
 class FederatedRoundSpec(_CommonSpec):
-    training_name: str = Field(min_length=1)
-    round: int = Field(ge=1)
-    total_rounds: int = Field(ge=1)
+    # Names the training's folder in the store and its Jobs' labels: a DNS label, like
+    # metadata.name of the FederatedTraining it comes from.
+    training_name: DnsLabel
+    round: int = Field(ge=1, le=10_000)
+    total_rounds: int = Field(ge=1, le=10_000)
     # The global projector this round starts from; None for the first round of a training
     # that starts from a seeded initialisation.
     input: ProjectorRef | None = None

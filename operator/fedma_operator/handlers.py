@@ -43,6 +43,8 @@ ApiFactory = Callable[[], Awaitable[client.ApiClient]]
 class OperatorConfig:
     job_settings: JobSettings
     interval_s: float = 10.0
+    # How long a silo's own cluster may be unreachable before its attempt counts as failed.
+    cluster_grace_s: float = 60.0
 
 
 async def default_api() -> client.ApiClient:
@@ -83,7 +85,8 @@ def build_registry(cfg: OperatorConfig, api_factory: ApiFactory = default_api,
         hub = Hub(api, metrics.observe_api)
         pool = ClusterPool(hub)
         state.update(api=api, hub=hub, pool=pool,
-                     rounds=RoundReconciler(pool, cfg.job_settings, metrics),
+                     rounds=RoundReconciler(pool, cfg.job_settings, metrics,
+                                            cfg.cluster_grace_s),
                      trainings=TrainingReconciler(hub))
 
     @kopf.on.cleanup(registry=registry)

@@ -35,6 +35,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="port of the trainer pods' live metrics (0: off)")
     p.add_argument("--interval", type=float, default=float(os.environ.get("FEDMA_INTERVAL", 10)),
                    help="seconds between reconciles of one object")
+    p.add_argument("--silo-cluster-grace", type=float,
+                   default=float(os.environ.get("FEDMA_SILO_CLUSTER_GRACE", 60)),
+                   help="seconds a silo's own cluster may be unreachable before its attempt "
+                        "counts as failed")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     if not args.all_namespaces and not args.namespace:
@@ -53,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = OperatorConfig(JobSettings(trainer_image=args.trainer_image,
                                      service_account=args.trainer_service_account,
                                      metrics_port=args.trainer_metrics_port),
-                         interval_s=args.interval)
+                         interval_s=args.interval, cluster_grace_s=args.silo_cluster_grace)
     asyncio.run(kopf.operator(
         registry=build_registry(cfg), standalone=True, clusterwide=args.all_namespaces,
         namespaces=args.namespace, liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz",

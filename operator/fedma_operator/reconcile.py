@@ -155,10 +155,12 @@ def invalid(exc: SpecError, status: dict[str, Any], generation: int, now: dateti
 
 
 class RoundReconciler:
-    def __init__(self, pool: ClusterPool, settings: jobs.JobSettings, metrics: Any = None):
+    def __init__(self, pool: ClusterPool, settings: jobs.JobSettings, metrics: Any = None,
+                 cluster_grace_s: float = 60.0):
         self.pool = pool
         self.settings = settings
         self.metrics = metrics
+        self.cluster_grace_s = cluster_grace_s
 
     async def reconcile(self, body: dict[str, Any], now: datetime) -> Outcome:
         meta = body.get("metadata", {})
@@ -197,6 +199,7 @@ class RoundReconciler:
         obs_silos: dict[str, SiloObservation] = {}
         # One list of this round's silo Jobs per (cluster, namespace), not one per silo.
         round_jobs: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        down: dict[str, str] = {}  # silo clusters that did not answer in this reconcile
         for silo in spec.silos:
             entry = silos.setdefault(silo.name, {"attempts": 0})
             ns = silo.namespace or namespace
@@ -207,9 +210,22 @@ class RoundReconciler:
                 cluster, cluster_errors[silo.name] = None, str(exc)
             clusters[silo.name] = cluster
             entry["cluster"] = cluster.name if cluster else silo.kubeconfig_secret
-            obs_silos[silo.name] = await self._observe_silo(rnd, silo.name, cluster, ns, entry,
-                                                            cluster_errors.get(silo.name),
-                                                            round_jobs)
+            if cluster is not None and cluster.name in down:
+                obs_silos[silo.name] = self._unreachable(entry, down[cluster.name], now)
+                continue
+            try:
+                obs_silos[silo.name] = await self._observe_silo(
+                    rnd, silo.name, cluster, ns, entry, cluster_errors.get(silo.name),
+                    round_jobs)
+            except Exception as exc:
+                if cluster is None or cluster is self.pool.hub:
+                    raise  # the hub itself: the whole reconcile is retried
+                # A silo's own cluster: that silo is marked, the others go on.
+                down[cluster.name] = (f"silo cluster {cluster.name} unreachable: "
+                                      f"{getattr(exc, 'reason', None) or exc}")
+                obs_silos[silo.name] = self._unreachable(entry, down[cluster.name], now)
+                continue
+            entry.pop("unreachableSince", None)
 
         agg = dict(status.get("aggregation") or {})
         agg_state, agg_reason = await self._observe_aggregation(rnd, namespace, agg)
@@ -235,7 +251,8 @@ class RoundReconciler:
             try:
                 created = await cluster.create_job(entry["namespace"], manifest)
             except Exception as exc:
-                reason = f"cannot create Job {name}: {getattr(exc, 'reason', None) or exc}"
+                reason = (f"cannot create Job {name} in {cluster.name}: "
+                          f"{getattr(exc, 'reason', None) or exc}")
                 entry.update(jobState=JobState.FAILED, reason=reason)
                 events.append(("Warning", "JobCreateFailed", f"silo {silo.name}: {reason}"))
                 continue
@@ -386,6 +403,28 @@ class RoundReconciler:
                      samples=summary.get("samples"), loss=summary.get("loss"),
                      steps=summary.get("steps"), seconds=summary.get("seconds"))
         return SiloObservation(attempts, JobState.SUCCEEDED)
+
+    def _unreachable(self, entry: dict[str, Any], why: str, now: datetime) -> SiloObservation:
+        """A silo whose own cluster does not answer: its last known state stands for
+        ``cluster_grace_s`` (a blip costs nothing), then its attempt counts as failed with
+        the reason — retried within the backoff limit, else excluded, and the round goes on
+        by quorum instead of waiting on a cluster it cannot see."""
+        since = parse_time(entry.get("unreachableSince")) or now
+        entry["unreachableSince"] = now_iso(since)
+        attempts = int(entry.get("attempts") or 0)
+        recorded = entry.get("jobState")
+        if recorded == JobState.SUCCEEDED and attempts:
+            return SiloObservation(attempts, JobState.SUCCEEDED)
+        if recorded == JobState.FAILED and attempts:
+            return SiloObservation(attempts, JobState.FAILED, entry.get("reason", ""))
+        if attempts and (now - since).total_seconds() < self.cluster_grace_s:
+            entry["reason"] = f"{why} (since {now_iso(since)}; waiting)"
+            return SiloObservation(attempts, JobState.ACTIVE)
+        if not attempts:
+            return SiloObservation(0, JobState.ABSENT)  # the launch will say if it fails
+        reason = f"{why} for {(now - since).total_seconds():.0f} s"
+        entry.update(jobState=JobState.FAILED, reason=reason)
+        return SiloObservation(attempts, JobState.FAILED, reason)
 
     async def _observe_aggregation(self, rnd: FederatedRound, namespace: str,
                                    agg: dict[str, Any]) -> tuple[JobState, str]:

@@ -109,8 +109,9 @@ class OperatorHandle:
     """Start/stop a real kopf operator in this event loop (a restart is stop + start)."""
 
     def __init__(self, k: Any, interval: float = 0.2, settings: JobSettings | None = None,
-                 liveness_port: int | None = None):
+                 liveness_port: int | None = None, cluster_grace_s: float = 60.0):
         self.k = k
+        self.cluster_grace_s = cluster_grace_s
         self.liveness_port = liveness_port
         self.url = str(k.url).rstrip("/")
         self.interval = interval
@@ -119,7 +120,8 @@ class OperatorHandle:
         self.stop_flag: asyncio.Event | None = None
 
     async def start(self) -> None:
-        registry = build_registry(OperatorConfig(self.settings, self.interval),
+        registry = build_registry(OperatorConfig(self.settings, self.interval,
+                                                self.cluster_grace_s),
                                   api_factory=lambda: api_client(self.url))
 
         @kopf.on.login(registry=registry)

@@ -1,0 +1,85 @@
+"""Fault injection for the processes a round runs (``fedma train-silo``, ``fedma aggregate``).
+
+Tests put this folder on ``PYTHONPATH`` and set ``FEDMA_FAULT=<point>:<silo>:<marker>``;
+Python imports this module at start-up in every child process. The fault fires once — the
+marker file records that it did — so the retry the round logic launches runs clean. The process
+dies by SIGKILL, as under the OOM killer or a lost node: no handler, no cleanup, no
+termination message.
+
+Points: ``start`` (a silo process dies before doing anything), ``mid-training`` (after its
+second optimiser step), ``after-upload`` (right after its update is committed to the store,
+before it reports), ``aggregate-mid-write`` (the aggregator dies halfway through writing the
+global projector's bytes).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+
+def _die(marker: Path) -> None:
+    marker.write_text(" ".join(sys.argv))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _install() -> None:
+    spec = os.environ.get("FEDMA_FAULT")
+    if not spec:
+        return
+    point, silo, marker_path = spec.split(":", 2)
+    marker = Path(marker_path)
+    argv = sys.argv
+    if marker.exists():
+        return
+    is_silo = "--silo" in argv and argv[argv.index("--silo") + 1] == silo
+    if point == "start" and is_silo:
+        _die(marker)
+    elif point == "mid-training" and is_silo:
+        from fedma.telemetry import TrainerMetrics
+
+        real_step = TrainerMetrics.step
+        steps = [0]
+
+        def step(self, batch_size, loss):  # type: ignore[no-untyped-def]
+            real_step(self, batch_size, loss)
+            steps[0] += 1
+            if steps[0] == 2:
+                _die(marker)
+
+        TrainerMetrics.step = step  # type: ignore[method-assign]
+    elif point == "after-upload" and is_silo:
+        from fedma.store import Store
+
+        real_put = Store.put_tensors
+
+        def put_tensors(self, rel, tensors, manifest=None):  # type: ignore[no-untyped-def]
+            ref = real_put(self, rel, tensors, manifest)
+            if rel.endswith("/update.safetensors"):
+                _die(marker)
+            return ref
+
+        Store.put_tensors = put_tensors  # type: ignore[method-assign]
+    elif point == "aggregate-mid-write" and "aggregate" in argv:
+        import tempfile
+
+        import fedma.store as store
+
+        real_write = store._atomic_local_write
+
+        def write(path: str, data: bytes) -> None:
+            if not path.endswith("/global.safetensors"):
+                return real_write(path, data)
+            target = Path(path)  # as the real writer: a temporary beside the target …
+            fd, _ = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
+                                     suffix=".tmp")
+            os.write(fd, data[: len(data) // 2])  # … half written, then the process dies
+            os.fsync(fd)
+            _die(marker)
+
+        store._atomic_local_write = write
+
+
+_install()

@@ -1,0 +1,174 @@
+"""The operator under faults: killed in each phase of a round, a silo cluster that stops
+answering, and specs built to break it. Kubernetes API: kmock; the test plays the Job
+controller (tests/operator/conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any
+
+import kmock
+import pytest
+import yaml
+
+from tests.operator.conftest import (
+    Api,
+    Emulator,
+    JobController,
+    OperatorHandle,
+    declare,
+    rounds_path,
+    wait_for,
+)
+from tests.operator.test_lifecycle import (
+    _finish_all,
+    _n_jobs,
+    agg_summary,
+    get_round,
+    phase_is,
+    round_body,
+    silo_summary,
+)
+
+pytestmark = [pytest.mark.faults, pytest.mark.operator, pytest.mark.asyncio]
+
+
+def _job_creates(k8s: Any) -> int:
+    return sum(1 for r in k8s if getattr(r, "action", None) is not None
+               and r.action.value == "CREATE" and r.resource is not None
+               and r.resource.plural == "jobs")
+
+
+@pytest.mark.parametrize("phase", ["pending", "training", "silos-finished", "aggregating",
+                                   "aggregation-finished"])
+async def test_operator_killed_in_each_phase_resumes_with_no_duplicate_job(k8s, operator, phase):
+    api, ctl = Api(k8s), JobController(Api(k8s))
+    await api.create(rounds_path(), round_body())
+    if phase == "pending":  # killed at once: before, during or after its first reconcile
+        await operator.stop()
+        await operator.start()
+    jobs = await wait_for(lambda: _n_jobs(ctl, 3, role="silo"), what="3 silo Jobs")
+    await wait_for(lambda: phase_is(api, "Training"))
+    if phase == "training":
+        await operator.stop()
+        await operator.start()
+    if phase == "silos-finished":
+        await operator.stop()
+    for j in jobs:
+        await ctl.finish(j, True, silo_summary(j["metadata"]["labels"]["fedma.io/silo"]))
+    if phase == "silos-finished":
+        await operator.start()
+    agg = await wait_for(lambda: _n_jobs(ctl, 1, role="aggregate"), what="aggregation Job")
+    if phase == "aggregating":
+        await operator.stop()
+        await operator.start()
+    if phase == "aggregation-finished":
+        await operator.stop()
+    await ctl.finish(agg[0], True, agg_summary())
+    if phase == "aggregation-finished":
+        await operator.start()
+    obj = await wait_for(lambda: phase_is(api, "Succeeded"), what="Succeeded")
+    assert obj["status"]["output"]["digest"] == "cd" * 32
+    assert len(await ctl.jobs(role="silo")) == 3 and len(await ctl.jobs(role="aggregate")) == 1
+    assert _job_creates(k8s) == 4  # each Job created once: nothing lost, nothing twice
+
+
+async def test_an_unreachable_silo_cluster_marks_its_silo_and_the_round_goes_on_by_quorum(k8s):
+    api, ctl = Api(k8s), JobController(Api(k8s))
+    handle = OperatorHandle(k8s, cluster_grace_s=1.0)
+    await handle.start()
+    try:
+        remote = Emulator()
+        async with remote, kmock.Server(remote):
+            declare(remote)
+            url = str(remote.url).rstrip("/")
+            kubeconfig = {"apiVersion": "v1", "kind": "Config", "current-context": "silo",
+                          "clusters": [{"name": "silo", "cluster": {"server": url}}],
+                          "users": [{"name": "fedma", "user": {"token": "t0ken"}}],
+                          "contexts": [{"name": "silo", "context": {"cluster": "silo",
+                                                                    "user": "fedma"}}]}
+            await api.create("/api/v1/namespaces/default/secrets", {
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "silo-3-kubeconfig", "namespace": "default"},
+                "data": {"kubeconfig": base64.b64encode(yaml.safe_dump(kubeconfig).encode())
+                         .decode()}})
+            body = round_body(silos=3, minSilos=2, backoffLimit=1)
+            body["spec"]["silos"][2].update(kubeconfigSecret="silo-3-kubeconfig",
+                                            namespace="silo-ns")
+            await api.create(rounds_path(), body)
+            rctl = JobController(Api(remote))
+            await wait_for(lambda: _remote(rctl), what="silo-3's Job in its cluster")
+        # The silo cluster's API server is gone (its `async with` ended); the hub's silos
+        # finish meanwhile.
+        await _finish_all(ctl, api)
+        agg = await wait_for(lambda: _n_jobs(ctl, 1, role="aggregate"), timeout=30,
+                             what="aggregation without silo-3")
+        included = [c for c in agg[0]["spec"]["template"]["spec"]["containers"][0]["command"]
+                    if c.startswith("silo-")]
+        assert [c.split("=")[0] for c in included] == ["silo-1", "silo-2"]
+        st = (await get_round(api))["status"]
+        entry = st["silos"]["silo-3"]
+        assert entry["phase"] == "Excluded"
+        assert "secret:silo-3-kubeconfig" in entry["reason"], entry
+        assert "(attempt 2 of 2)" in entry["reason"], entry
+        await ctl.finish(agg[0], True, {**agg_summary(), "included": ["silo-1", "silo-2"]})
+        await wait_for(lambda: phase_is(api, "Succeeded"), what="Succeeded")
+    finally:
+        await handle.stop()
+
+
+async def _remote(ctl: JobController):
+    return await ctl.jobs("silo-ns") or None
+
+
+ADVERSARIAL: dict[str, tuple[Any, str]] = {
+    # name: (change to a valid round body, what the refusal must name)
+    "huge round number": ({"round": 10**12, "totalRounds": 10**12}, "spec.round"),
+    "negative deadline": ({"aggregation": {"deadlineSeconds": -5}},
+                          "spec.aggregation.deadlineSeconds"),
+    "negative batch size": ({"training": {"batchSize": -1}}, "spec.training.batchSize"),
+    "path traversal in the store URI": ({"artifacts": {"uri": "s3://fedma/runs/../../etc"}},
+                                        "spec.artifacts.uri"),
+    "path traversal in the input URI": (
+        {"input": {"uri": "s3://fedma/runs/../other/global.safetensors", "digest": "ab" * 32}},
+        "spec.input.uri"),
+    "traversal in the training name": ({"trainingName": "../../evil"}, "spec.trainingName"),
+    "foreign store scheme": ({"artifacts": {"uri": "http://attacker.example/x"}},
+                             "spec.artifacts.uri"),
+    "unknown field": ({"sneaky": True}, "spec.sneaky"),
+    "too many silos": ({"silos": [{"name": f"s{i}", "data": {"path": "/d.jsonl"}}
+                                  for i in range(1001)]}, "spec.silos"),
+    "digest not sha256": ({"input": {"uri": "s3://fedma/runs/x", "digest": "zz"}},
+                          "spec.input.digest"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ADVERSARIAL))
+async def test_an_adversarial_spec_is_refused_with_the_field_and_never_loops(k8s, operator,
+                                                                            case):
+    change, field = ADVERSARIAL[case]
+    api, ctl = Api(k8s), JobController(Api(k8s))
+    body = round_body()
+    body["spec"] = {**body["spec"], **{k: ({**body["spec"].get(k, {}), **v}
+                                           if isinstance(v, dict) and k != "input" else v)
+                                       for k, v in change.items()}}
+    await api.create(rounds_path(), body)
+    obj = await wait_for(lambda: phase_is(api, "Failed"), what="Failed")
+    assert field in obj["status"]["message"], obj["status"]["message"]
+    cond = {c["type"]: c for c in obj["status"]["conditions"]}
+    assert cond["InvalidSpec"]["status"] == "True"
+    assert await ctl.jobs() == []  # nothing was launched
+
+    def writes() -> int:
+        return sum(1 for r in k8s if getattr(r, "action", None) is not None
+                   and r.action.value == "UPDATE" and r.resource is not None
+                   and r.resource.plural == "federatedrounds")
+
+    # Settled: the status, kopf's finalizer and annotation writes, the finalizer's removal
+    # when the round's loop ends. After that, nothing more.
+    await asyncio.sleep(1.5)
+    before = writes()
+    await asyncio.sleep(2.0)  # ten reconcile intervals: a crash loop would keep writing
+    assert writes() == before <= 6, before
+    assert operator.task is not None and not operator.task.done()  # the operator lives on

@@ -181,7 +181,9 @@ def aggregate(
     termination_log: Annotated[str | None, typer.Option(
         envvar="FEDMA_TERMINATION_LOG", help="where to write the JSON summary "
         "(Kubernetes: /dev/termination-log)")] = None,
-    max_update_norm: Annotated[float, typer.Option(help="reject larger updates (0 = off)")] = 0.0,
+    max_update_norm: Annotated[float | None, typer.Option(
+        help="reject larger updates (0 = off; default: spec.aggregation.robust.maxUpdateNorm)")
+    ] = None,
 ) -> None:
     """Job entrypoint: aggregate the accepted silo updates into the next global projector."""
     _offline()

@@ -192,6 +192,9 @@ class RobustSpec(_Model):
     byzantine: int = Field(1, ge=0)
     # Scale each silo delta down to this L2 norm before combining (0 = off).
     clip_norm: float = Field(0.0, ge=0)
+    # Reject (not scale) an update whose delta's L2 norm exceeds this (0 = off): a silo whose
+    # training diverged or who sends garbage is left out, with the norm in the reason.
+    max_update_norm: float = Field(0.0, ge=0)
 
 
 class PrivacySpec(_Model):

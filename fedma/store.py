@@ -8,6 +8,12 @@ Why this shape:
   object store PUT is all-or-nothing. The manifest is written last and acts as the commit
   marker: an artifact without its manifest does not exist as far as a reader is concerned.
 
+A store that does not answer is retried with exponential backoff (0.5 s doubling, at most
+15 s apart) for ``$FEDMA_STORE_RETRY_S`` seconds (default 120): an outage shorter than that
+is ridden out; a longer one is a ``StoreUnavailable`` naming the path, and nothing is left
+half-written (see above). fedma's retry is the only one: the S3 client's own retry layers
+(botocore's and s3fs's) are set to one attempt so the budget means what it says.
+
 Store credentials come from the environment (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``,
 ``AWS_ENDPOINT_URL``), which a Kubernetes Job fills from a Secret — never from a spec.
 """
@@ -67,18 +73,39 @@ def _split(uri: str) -> tuple[str, str]:
     return scheme, (str(Path(rest).resolve()) if scheme == "file" else rest.rstrip("/"))
 
 
+DEFAULT_RETRY_S = 120.0
+MAX_BACKOFF_S = 15.0
+
+
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    """What a store that is down or flaky raises (the S3 client's own connection errors are
+    not OSErrors)."""
+    errors: tuple[type[BaseException], ...] = (OSError, ConnectionError, TimeoutError)
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import HTTPClientError
+    except ImportError:
+        return errors
+    return (*errors, BotoConnectionError, HTTPClientError)
+
+
 class Store:
     """A root URI plus retrying, digest-checked, atomic reads and writes below it."""
 
-    def __init__(self, root: str, retries: int = 4, backoff_s: float = 0.5,
+    def __init__(self, root: str, retry_s: float | None = None, backoff_s: float = 0.5,
                  storage_options: dict[str, Any] | None = None):
         self.scheme, self.root = _split(root)
-        self.retries = retries
+        self.retry_s = (float(os.environ.get("FEDMA_STORE_RETRY_S", DEFAULT_RETRY_S))
+                        if retry_s is None else retry_s)
         self.backoff_s = backoff_s
         opts = dict(storage_options or {})
-        if self.scheme == "s3" and os.environ.get("AWS_ENDPOINT_URL"):
-            opts.setdefault("endpoint_url", os.environ["AWS_ENDPOINT_URL"])
+        if self.scheme == "s3":
+            if os.environ.get("AWS_ENDPOINT_URL"):
+                opts.setdefault("endpoint_url", os.environ["AWS_ENDPOINT_URL"])
+            opts.setdefault("config_kwargs", {"retries": {"max_attempts": 1}})
         self.fs = fsspec.filesystem(self.scheme, **opts)
+        if self.scheme == "s3":
+            self.fs.retries = 1  # s3fs's own loop; ours below is the one that counts
 
     # -- addressing -------------------------------------------------------------------------
     def uri(self, rel: str) -> str:
@@ -100,19 +127,23 @@ class Store:
     # -- retries ----------------------------------------------------------------------------
     def _retry(self, what: str, fn: Callable[[], T]) -> T:
         delay = self.backoff_s
-        for attempt in range(self.retries + 1):
+        start = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 return fn()
             except (FileNotFoundError, ArtifactError):
                 raise
-            except (OSError, ConnectionError, TimeoutError) as exc:
-                if attempt == self.retries:
+            except _transient_errors() as exc:
+                waited = time.monotonic() - start
+                if waited + delay > self.retry_s:
                     raise StoreUnavailable(
-                        f"{what}: store unreachable after {self.retries + 1} attempts: {exc}"
-                    ) from exc
+                        f"{what}: store unreachable after {attempt} attempts over "
+                        f"{waited:.1f} s (retry budget {self.retry_s:g} s, "
+                        f"$FEDMA_STORE_RETRY_S): {exc}") from exc
                 time.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")
+                delay = min(delay * 2, MAX_BACKOFF_S)
 
     # -- bytes ------------------------------------------------------------------------------
     def put_bytes(self, rel: str, data: bytes) -> ArtifactRef:

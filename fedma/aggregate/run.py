@@ -29,10 +29,13 @@ class AggregationError(RuntimeError):
 
 
 def aggregate_round(rnd: FederatedRound, included: dict[str, str | None],
-                    max_delta_norm: float = 0.0) -> dict[str, Any]:
+                    max_delta_norm: float | None = None) -> dict[str, Any]:
     """``included`` maps silo name → the update digest the silo reported (None: trust the
-    update's own manifest, used only by local tools)."""
+    update's own manifest, used only by local tools). ``max_delta_norm`` overrides
+    ``spec.aggregation.robust.maxUpdateNorm``."""
     spec = rnd.spec
+    if max_delta_norm is None:
+        max_delta_norm = spec.aggregation.robust.max_update_norm
     t0 = time.perf_counter()
     store = Store(spec.artifacts.uri)
     if spec.input is None:
@@ -96,8 +99,8 @@ def _aggregate(store: Store, spec: FederatedRoundSpec, wanted: dict[str, str | N
         raise AggregationError(
             f"{len(updates)} valid updates, quorum is {spec.quorum} (rejected: {detail or 'none'})"
         )
-    strategy = get_strategy(spec.aggregation.strategy, spec.aggregation.options,
-                            spec.aggregation.robust.model_dump(),
+    robust = spec.aggregation.robust.model_dump(exclude={"max_update_norm"})
+    strategy = get_strategy(spec.aggregation.strategy, spec.aggregation.options, robust,
                             spec.aggregation.privacy.model_dump())
     try:
         result = strategy.aggregate(base, updates, state)
@@ -130,6 +133,9 @@ def _summary(store: Store, rel: str, manifest: dict[str, Any], t0: float,
         "output": {"uri": store.uri(rel), "digest": manifest["sha256"]},
         "server_state": manifest.get("server_state"),
         "included": manifest["included"], "rejected": manifest["rejected"],
+        # How a rule bounded an included silo (clipped, dropped by Multi-Krum, …).
+        "notes": {s: r["note"] for s, r in (manifest.get("report") or {}).items()
+                  if isinstance(r, dict) and r.get("note")},
         "samples": manifest["samples"], "loss": manifest["loss"], "reused": reused,
         "privacy": (manifest.get("report") or {}).get("_privacy"),
         "seconds": round(time.perf_counter() - t0, 3),

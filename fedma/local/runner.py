@@ -175,7 +175,8 @@ class LocalRunner:
             state = ProjectorRef(**result["server_state"]) if result.get("server_state") else None
             row = {"round": r, **self._evaluate(self.store.rel(current.uri)),
                    "silos": len(result["included"]), "train_loss": result["loss"],
-                   "seconds": round(time.perf_counter() - t0, 2), "excluded": result["excluded"]}
+                   "seconds": round(time.perf_counter() - t0, 2), "excluded": result["excluded"],
+                   "notes": result.get("notes") or {}}
             if result.get("privacy"):
                 row["epsilon"] = result["privacy"]["epsilon"]
             rows[r] = row
@@ -311,3 +312,5 @@ class LocalRunner:
         self.console.print(table)
         for silo, reason in (row.get("excluded") or {}).items():
             self.console.print(f"  [yellow]excluded[/] {silo}: {reason}")
+        for silo, note in (row.get("notes") or {}).items():
+            self.console.print(f"  [cyan]bounded[/] {silo}: {note}")

@@ -313,6 +313,9 @@ class RoundReconciler:
                 if silo_name in silos:
                     silos[silo_name].update(phase=SiloPhase.EXCLUDED,
                                             reason=f"rejected by the aggregator: {why}")
+            for silo_name, note in (summary.get("notes") or {}).items():
+                if silo_name in silos:  # included, but bounded by a robust rule
+                    silos[silo_name]["note"] = str(note)
             agg["excluded"] = sorted(s for s, e in silos.items()
                                      if e.get("phase") == SiloPhase.EXCLUDED)
         if done:
@@ -458,5 +461,5 @@ class RoundReconciler:
             return JobState.FAILED, agg["reason"]
         agg.update(phase=JobState.SUCCEEDED, summary={
             k: summary.get(k) for k in ("output", "server_state", "included", "rejected",
-                                        "samples", "loss")})
+                                        "notes", "samples", "loss")})
         return JobState.SUCCEEDED, ""

@@ -172,3 +172,24 @@ async def test_an_adversarial_spec_is_refused_with_the_field_and_never_loops(k8s
     await asyncio.sleep(2.0)  # ten reconcile intervals: a crash loop would keep writing
     assert writes() == before <= 6, before
     assert operator.task is not None and not operator.task.done()  # the operator lives on
+
+
+async def test_rejected_and_bounded_updates_show_their_reasons_in_the_round_status(k8s,
+                                                                                  operator):
+    """What the aggregation Job reports (tests/faults/test_update_faults.py makes these
+    reasons from real artifacts) is what a user reads in the FederatedRound's status."""
+    api, ctl = Api(k8s), JobController(Api(k8s))
+    await api.create(rounds_path(), round_body(minSilos=1))
+    await wait_for(lambda: _n_jobs(ctl, 3, role="silo"))
+    await _finish_all(ctl, api)
+    agg = await wait_for(lambda: _n_jobs(ctl, 1, role="aggregate"))
+    await ctl.finish(agg[0], True, {
+        **agg_summary(), "included": ["silo-1", "silo-2"],
+        "rejected": {"silo-3": "tensor '0.weight' holds NaN or infinite values"},
+        "notes": {"silo-2": "clipped from norm 31.4 to 1"}})
+    st = (await wait_for(lambda: phase_is(api, "Succeeded")))["status"]
+    assert st["silos"]["silo-3"]["phase"] == "Excluded"
+    assert st["silos"]["silo-3"]["reason"] == ("rejected by the aggregator: tensor '0.weight' "
+                                               "holds NaN or infinite values")
+    assert st["silos"]["silo-2"]["note"] == "clipped from norm 31.4 to 1"
+    assert st["silos"]["silo-2"]["phase"] == "Succeeded"

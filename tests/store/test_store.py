@@ -8,7 +8,7 @@ from fedma.store import ArtifactError, Store, global_rel, update_rel
 
 @pytest.fixture
 def store(tmp_path):
-    return Store(f"file://{tmp_path}/root", retries=0)
+    return Store(f"file://{tmp_path}/root", retry_s=0)
 
 
 def test_roundtrip_with_manifest(store):

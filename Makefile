@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test lint install clean bench bench-quality chart-assets
+.PHONY: demo test lint install clean bench bench-load bench-quality chart-assets
 
 GRAFANA := tests/deploy/grafana
 
@@ -38,6 +38,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/aggregate.py --out bench/results
 	$(BIN)/python bench/operator.py --out bench/results
 	$(BIN)/python bench/comm.py --out bench/results
+	$(BIN)/python bench/report.py
+
+# Load (3 trainings × 100 silos × 5 rounds through one operator) and a 50-round soak (~7 min).
+bench-load: $(STAMP)
+	$(BIN)/python bench/load.py --out bench/results
+	$(BIN)/python bench/soak.py --out bench/results
 	$(BIN)/python bench/report.py
 
 # Strategies against centralized and local-only training (~25 min on 2 CPU cores).

@@ -190,6 +190,53 @@ def comm_section(lines: list[str]) -> None:
     lines += [det.get("summary", ""), "", *rows_table(res), ""]
 
 
+def load_section(lines: list[str]) -> None:
+    det, soak = load("load-detail.json"), load("soak-detail.json")
+    lines += ["## Load and soak (`make bench-load`: `bench/load.py`, `bench/soak.py`)", ""]
+    if det:
+        heap = f"{det['heap_first_round_mib']:.1f} → {det['heap_last_round_mib']:.1f} MiB"
+        rss = f"{det['rss_first_round_mib']:.0f} → {det['rss_last_round_mib']:.0f} MiB"
+        lines += [f"{det['trainings']} FederatedTrainings × {det['silos']} silos × "
+                  f"{det['rounds']} rounds at once through one operator (reconcile interval "
+                  f"{det['interval_s']:g} s); kmock and the test Job controller in a child "
+                  "process, so the operator's process is measured alone. Memory is sampled "
+                  "each time a round completes: the Python heap the operator retains "
+                  "(tracemalloc) and its resident set after malloc_trim.", "",
+                  "| what | measured |", "|---|---|",
+                  f"| rounds completed | {det['completed_rounds']} of {det['rounds_expected']} "
+                  f"({', '.join(det['phases'])}) |",
+                  f"| Jobs | {det['jobs']} of {det['jobs_expected']} expected; "
+                  f"{det['job_creates']} creates, {det['create_conflicts']} conflicts, "
+                  f"{len(det['lost'])} lost |",
+                  f"| wall time | {det['wall_s']:.0f} s |",
+                  f"| operator CPU per round | {det['operator_cpu_s_per_round']:.2f} s |",
+                  f"| operator Python heap, first → last completed round | {heap} "
+                  f"({det['heap_growth_mib']:+.1f} MiB) |",
+                  f"| operator RSS, first → last completed round | {rss} "
+                  f"({det['rss_growth_mib']:+.1f} MiB) |", ""]
+    else:
+        lines += ["`bench/load.py`: not run.", ""]
+    if soak:
+        lines += [f"{soak['rounds']} consecutive rounds of {soak['silos']} silos with the local "
+                  "backend (`fedma run`: real processes, real torch training on the tiny "
+                  "backbones the tests use, a file store, evaluation each round).", "",
+                  "| what | measured |", "|---|---|",
+                  f"| rounds completed | {soak['completed']} of {soak['rounds']} in "
+                  f"{soak['wall_s']:.0f} s |",
+                  f"| round time, second tenth → last tenth (median) | "
+                  f"{soak['round_s_second_tenth']:.2f} → {soak['round_s_last_tenth']:.2f} s "
+                  f"({soak['slowdown']:.2f}×) |",
+                  f"| runner RSS, second tenth → last tenth (max) | "
+                  f"{soak['rss_second_tenth_mib']:.0f} → {soak['rss_last_tenth_mib']:.0f} MiB "
+                  f"({soak['rss_growth_mib']:+.1f} MiB) |",
+                  f"| held-out loss, round 0 → {soak['rounds']} | "
+                  f"{soak['initial_heldout_loss']:.3f} → {soak['final_heldout_loss']:.3f} |",
+                  f"| store checks (files, manifests, digest chain, no process left) | "
+                  f"{soak['files']} files, {len(soak['problems'])} problems |", ""]
+    else:
+        lines += ["`bench/soak.py`: not run.", ""]
+
+
 def main() -> int:
     lines = ["# Benchmarks", "",
              f"Written by `make bench` ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC) from "
@@ -205,6 +252,7 @@ def main() -> int:
     zero_section(lines)
     operator_section(lines)
     comm_section(lines)
+    load_section(lines)
     notes = ROOT / "bench" / "NOTES.md"
     if notes.exists():
         lines += [notes.read_text().strip(), ""]

@@ -65,7 +65,9 @@ def _check_dns(value: str) -> str:
 
 Uri = Annotated[str, Field(min_length=1, max_length=1024)]
 StoreUri = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_check_uri)]
-DnsLabel = Annotated[str, Field(min_length=1, max_length=63), AfterValidator(_check_dns)]
+DnsLabel = Annotated[str, Field(min_length=1, max_length=63,
+                                json_schema_extra={"pattern": _DNS_LABEL.pattern}),
+                    AfterValidator(_check_dns)]
 Digest = Annotated[str, Field(pattern=_SHA256)]
 
 

@@ -42,12 +42,17 @@ def _tokenizer(folder: Path) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Any]:
+    return build_tiny_models(tmp_path_factory.mktemp("models"))
+
+
+def build_tiny_models(root: Path) -> dict[str, Any]:
+    """Writes the tiny vision tower and LM under ``root``; returns their paths and
+    fingerprints (also used by bench/soak.py)."""
     import torch
     from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
     from fedma.model.fingerprint import fingerprint
 
-    root = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
     vision = CLIPVisionModel(CLIPVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,

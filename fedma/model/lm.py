@@ -17,7 +17,9 @@ def load_language_model(path: str, gguf_file: str | None = None):
         raise FileNotFoundError(f"language model folder {path} does not exist")
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     tok = AutoTokenizer.from_pretrained(path, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
+    # Weights from safetensors (or GGUF) only: a pytorch_model.bin is a pickle, and is refused.
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, **(kwargs or {"use_safetensors": True}))
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return model, tok

@@ -52,7 +52,8 @@ class HFVisionTower:
 
         cfg = AutoConfig.from_pretrained(path)
         vcfg = getattr(cfg, "vision_config", cfg)
-        model = AutoModel.from_pretrained(path)
+        # safetensors only: a pytorch_model.bin is a pickle, and is refused.
+        model = AutoModel.from_pretrained(path, use_safetensors=True)
         # A full CLIP/SigLIP checkpoint carries a text tower too: keep only the vision part.
         vision = getattr(model, "vision_model", None)
         self.module: nn.Module = vision if isinstance(vision, nn.Module) else model

@@ -385,10 +385,13 @@ class RoundReconciler:
             entry["jobState"] = JobState.ACTIVE
             return SiloObservation(attempts, JobState.ACTIVE)
         # One pod list per cluster and namespace per reconcile, as for Jobs (was one per silo:
-        # 100 silos finishing together cost 100 lists; bench/operator.py).
+        # 100 silos finishing together cost 100 lists; bench/operator.py), selected by the
+        # round's labels, which a Job's pods carry from its template (not the namespace's
+        # every pod: that list grew with the cluster; bench/load.py).
         pods_key = (cluster.name, namespace, "pods")
         if pods_key not in round_jobs:
-            round_jobs[pods_key] = await cluster.list_pods(namespace, {})
+            round_jobs[pods_key] = await cluster.list_pods(namespace, {
+                f"{jobs.LABEL}/round-name": rnd.metadata.name, f"{jobs.LABEL}/role": "silo"})
         pods = [p for p in round_jobs[pods_key] if matches(p, {"job-name":
                                                                job["metadata"]["name"]})]
         summary = termination_summary(pods)

@@ -39,6 +39,7 @@ def test_run_trains_and_reports(tmp_path, tiny_models):
     assert (tmp_path / "store" / "tiny" / "round-0002" / "global.safetensors").exists()
 
 
+@pytest.mark.faults
 def test_resume_after_interrupt_keeps_completed_rounds(tmp_path, tiny_models):
     manifest = write_yaml(tmp_path / "t.yaml",
                           training_manifest(tmp_path, tiny_models, rounds=3, n=30))
@@ -97,6 +98,7 @@ def test_bad_yaml_field_is_a_clear_error(tmp_path, tiny_models):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.faults
 def test_train_silo_failure_writes_termination_reason(tmp_path, tiny_models):
     from fedma.spec import dump, parse, round_spec
 
@@ -111,6 +113,7 @@ def test_train_silo_failure_writes_termination_reason(tmp_path, tiny_models):
     assert summary["status"] == "Failed" and "data manifest not found" in summary["reason"]
 
 
+@pytest.mark.faults
 def test_resume_with_a_changed_spec_is_refused(tmp_path, tiny_models):
     obj = training_manifest(tmp_path, tiny_models, rounds=1, n=8)
     manifest = write_yaml(tmp_path / "t.yaml", obj)
@@ -136,6 +139,7 @@ def test_run_over_s3_store(tmp_path, tiny_models, s3_env):
     assert not (tmp_path / "store").exists()  # nothing went to local disk instead
 
 
+@pytest.mark.faults
 def test_stragglers_past_the_deadline_fail_the_round_cleanly(tmp_path, tiny_models):
     obj = training_manifest(tmp_path, tiny_models, rounds=1)
     obj["spec"]["aggregation"]["deadlineSeconds"] = 1  # silo processes need longer to start

@@ -47,12 +47,12 @@ def _put_evil(store: Store, base_digest: str, weights: dict[str, torch.Tensor]) 
 
 
 REJECTED = {
-    "tampered after upload": "sha256 mismatch",
+    "tampered-after-upload": "sha256 mismatch",
     "truncated": "not a valid safetensors file",
-    "NaN values": "NaN or infinite",
-    "wrong shape": "has shape (16, 9), expected (16, 8)",
-    "exploding norm": "update norm",
-    "trained from another global projector": "different global projector",
+    "nan-values": "NaN or infinite",
+    "wrong-shape": "has shape (16, 9), expected (16, 8)",
+    "exploding-norm": "update norm",
+    "trained-from-another-global": "different global projector",
 }
 
 
@@ -64,7 +64,7 @@ def test_a_broken_update_is_rejected_with_the_reason_and_the_round_goes_on(
     near = {k: v + 0.01 for k, v in base.items()}
     rel = update_rel("tiny", 1, EVIL)
     path = store.fs._strip_protocol(store._path(rel))
-    if fault == "tampered after upload":
+    if fault == "tampered-after-upload":
         digests[EVIL] = _put_evil(store, base_digest, near)
         store.put_bytes(rel, save({k: v + 1.0 for k, v in near.items()}))  # after reporting
     elif fault == "truncated":
@@ -72,12 +72,12 @@ def test_a_broken_update_is_rejected_with_the_reason_and_the_round_goes_on(
         data = open(path, "rb").read()[:200]  # noqa: SIM115
         store.put_bytes(rel, data)
         digests[EVIL] = sha256(data)  # even with a matching digest, the file is refused
-    elif fault == "NaN values":
+    elif fault == "nan-values":
         digests[EVIL] = _put_evil(store, base_digest, {**near, "0.bias": torch.full((16,),
                                                                                float("nan"))})
-    elif fault == "wrong shape":
+    elif fault == "wrong-shape":
         digests[EVIL] = _put_evil(store, base_digest, {**near, "0.weight": torch.zeros(16, 9)})
-    elif fault == "exploding norm":
+    elif fault == "exploding-norm":
         digests[EVIL] = _put_evil(store, base_digest, {k: v * 1e6 for k, v in near.items()})
     else:
         digests[EVIL] = store.put_tensors(rel, near, {"samples": 10, "loss": 1.0,
@@ -92,10 +92,10 @@ def test_a_broken_update_is_rejected_with_the_reason_and_the_round_goes_on(
 
 BOUNDED = {
     # name: (robust settings, the poisoned update's delta as a multiple of an honest one, note)
-    "scaled ×100, clipped": ({"clipNorm": 0.05}, 100.0, "clipped from norm"),
-    "sign-flipped ×−10, Multi-Krum": ({"rule": "multi_krum", "byzantine": 1}, -10.0,
+    "scaled-x100-clipped": ({"clipNorm": 0.05}, 100.0, "clipped from norm"),
+    "sign-flipped-x10-multi-krum": ({"rule": "multi_krum", "byzantine": 1}, -10.0,
                                       "dropped by Multi-Krum"),
-    "sign-flipped ×−10, median": ({"rule": "median"}, -10.0, None),
+    "sign-flipped-x10-median": ({"rule": "median"}, -10.0, None),
 }
 
 

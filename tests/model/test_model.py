@@ -83,6 +83,7 @@ def test_fingerprint_detects_any_weight_change(tiny_models):
     assert fingerprint(lm) != tiny_models["lm_fp"]
 
 
+@pytest.mark.faults
 def test_fingerprint_mismatch_refuses_to_load(tiny_models):
     with pytest.raises(FingerprintMismatch, match=r"model\.vision\.fingerprint: .* refusing"):
         load_alignment_model(spec(tiny_models, fingerprint="0" * 64))

@@ -1,9 +1,10 @@
 """The operator against kmock (a Kubernetes API emulator), with the test as Job controller.
 
-kmock has no controllers, no garbage collection and no label selectors; the operator needs
-none of them. What the tests stand in for: the Job controller and kubelet (``JobController``
-marks Jobs finished and writes the pod's termination message), and, in the e2e test, the
-container runtime (the Job's command runs as a local process).
+kmock has no controllers and no garbage collection; the operator needs neither. Equality label
+selectors on lists are added here (``Emulator._serve_list``). What the tests stand in for: the
+Job controller and kubelet (``JobController`` marks Jobs finished and writes the pod's
+termination message), and, in the e2e test, the container runtime (the Job's command runs as
+a local process).
 """
 
 from __future__ import annotations
@@ -73,6 +74,18 @@ class Emulator(kmock.KubernetesEmulator):
             return await super()._handle(request)
         except jsonpatch.JsonPatchTestFailed:  # kopf's optimistic-concurrency test op
             raise KubernetesObjectConflictError() from None
+
+    async def _serve_list(self, request: Any) -> Any:
+        """Lists honour equality label selectors (``a=b,c=d``), as an API server's do: kmock
+        returns every object, which made a list's size grow with the whole cluster."""
+        payload = await super()._serve_list(request)
+        selector = str((getattr(request, "params", None) or {}).get("labelSelector") or "")
+        wanted = dict(term.split("=", 1) for term in selector.split(",") if "=" in term)
+        if wanted and isinstance(payload, dict):
+            payload["items"] = [o for o in payload["items"] if all(
+                ((o.get("metadata") or {}).get("labels") or {}).get(k) == v
+                for k, v in wanted.items())]
+        return payload
 
 
 @pytest.fixture
@@ -218,8 +231,11 @@ class JobController:
     async def finish(self, job: dict[str, Any], succeeded: bool, message: dict[str, Any] | None,
                      reason: str = "BackoffLimitExceeded") -> None:
         ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
+        # A Job's pods carry its template's labels plus job-name, as the Job controller's do.
+        template = ((job.get("spec") or {}).get("template") or {}).get("metadata") or {}
         pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {
-            "name": f"{name}-pod", "namespace": ns, "labels": {"job-name": name}},
+            "name": f"{name}-pod", "namespace": ns,
+            "labels": {**(template.get("labels") or {}), "job-name": name}},
             "status": {"phase": "Succeeded" if succeeded else "Failed", "containerStatuses": [{
                 "name": "c", "state": {"terminated": {
                     "exitCode": 0 if succeeded else 1,

@@ -108,6 +108,7 @@ async def _finish_all(ctl: JobController, api: Api, rnd: int = 1, fail: set[str]
             await ctl.finish(j, True, silo_summary(silo, rnd))
 
 
+@pytest.mark.faults
 async def test_failed_silo_is_retried_then_excluded_and_round_goes_on(k8s, operator):
     api, ctl = Api(k8s), JobController(Api(k8s))
     await api.create(rounds_path(), round_body(minSilos=2, backoffLimit=1))
@@ -130,6 +131,7 @@ async def test_failed_silo_is_retried_then_excluded_and_round_goes_on(k8s, opera
     assert len(await ctl.jobs(role="silo", silo="silo-3")) == 2  # no third attempt
 
 
+@pytest.mark.faults
 async def test_quorum_impossible_fails_the_round_with_the_reasons(k8s, operator):
     api, ctl = Api(k8s), JobController(Api(k8s))
     await api.create(rounds_path(), round_body(minSilos=3, backoffLimit=0))
@@ -143,6 +145,7 @@ async def test_quorum_impossible_fails_the_round_with_the_reasons(k8s, operator)
     assert not await ctl.jobs(role="aggregate")
 
 
+@pytest.mark.faults
 async def test_straggler_is_excluded_at_the_deadline_and_its_late_update_ignored(k8s, operator):
     api, ctl = Api(k8s), JobController(Api(k8s))
     await api.create(rounds_path(), round_body(minSilos=2, deadlineSeconds=2))
@@ -164,6 +167,7 @@ async def test_straggler_is_excluded_at_the_deadline_and_its_late_update_ignored
     assert st["silos"]["silo-3"]["phase"] == "Excluded"
 
 
+@pytest.mark.faults
 async def test_invalid_spec_fails_with_the_field_path(k8s, operator):
     api = Api(k8s)
     body = round_body()
@@ -177,6 +181,7 @@ async def test_invalid_spec_fails_with_the_field_path(k8s, operator):
     assert not await JobController(api).jobs()
 
 
+@pytest.mark.faults
 async def test_spec_change_after_start_is_refused_not_applied(k8s, operator):
     api, ctl = Api(k8s), JobController(Api(k8s))
     await api.create(rounds_path(), round_body())
@@ -310,6 +315,7 @@ async def _remote_jobs(ctl: JobController):
     return await ctl.jobs("silo-ns") or None
 
 
+@pytest.mark.faults
 async def test_missing_kubeconfig_secret_excludes_the_silo_with_the_reason(k8s, operator):
     api, ctl = Api(k8s), JobController(Api(k8s))
     body = round_body(silos=2, minSilos=1, backoffLimit=0)

@@ -22,6 +22,7 @@ def test_roundtrip_with_manifest(store):
     assert store.rel(ref.uri) == "x/w.safetensors"
 
 
+@pytest.mark.faults
 def test_tampered_artifact_is_refused_naming_it(store, tmp_path):
     ref = store.put_tensors("w.safetensors", {"a": torch.ones(8)})
     path = tmp_path / "root" / "w.safetensors"
@@ -34,6 +35,7 @@ def test_tampered_artifact_is_refused_naming_it(store, tmp_path):
         store.get_tensors("w.safetensors")  # the manifest's digest is checked too
 
 
+@pytest.mark.faults
 def test_truncated_and_missing(store, tmp_path):
     ref = store.put_tensors("w.safetensors", {"a": torch.ones(8)})
     path = tmp_path / "root" / "w.safetensors"
@@ -44,6 +46,7 @@ def test_truncated_and_missing(store, tmp_path):
         store.get_tensors("nope.safetensors")
 
 
+@pytest.mark.faults
 def test_pickle_is_never_loaded(store, tmp_path):
     """A pickled state dict put where weights belong is refused, not unpickled."""
     payload = pickle.dumps({"a": torch.ones(2)})
@@ -53,6 +56,7 @@ def test_pickle_is_never_loaded(store, tmp_path):
         store.get_tensors("evil.bin")
 
 
+@pytest.mark.faults
 def test_atomic_write_leaves_no_partial_file(store, tmp_path, monkeypatch):
     store.put_bytes("f.bin", b"old")
 
@@ -67,6 +71,7 @@ def test_atomic_write_leaves_no_partial_file(store, tmp_path, monkeypatch):
     assert (tmp_path / "root" / "f.bin").read_bytes() == b"old"
 
 
+@pytest.mark.faults
 def test_paths_cannot_escape_the_root(store):
     with pytest.raises(ArtifactError, match=r"'\.\.' is not allowed"):
         store.put_bytes("../x", b"1")

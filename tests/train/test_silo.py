@@ -46,6 +46,7 @@ def test_train_silo_writes_update_manifest_and_termination(tmp_path, tiny_models
     assert again["reused"] and again["update"] == summary["update"]
 
 
+@pytest.mark.faults
 def test_tampered_input_projector_is_refused(tmp_path, tiny_models):
     rnd, _ = first_round(tmp_path, tiny_models)
     path = tmp_path / "store" / "tiny" / "round-0000" / "global.safetensors"
@@ -56,6 +57,7 @@ def test_tampered_input_projector_is_refused(tmp_path, tiny_models):
         train_silo(rnd, "silo-1")
 
 
+@pytest.mark.faults
 def test_fingerprint_mismatch_refuses_to_train(tmp_path, tiny_models):
     bad = dict(tiny_models, lm_fp="f" * 64)
     rnd, _ = first_round(tmp_path, bad)

@@ -1,4 +1,5 @@
-"""Fault injection for the processes a round runs (``fedma train-silo``, ``fedma aggregate``).
+"""Fault injection (and a pickle guard) for the processes a round runs (``fedma run``,
+``fedma train-silo``, ``fedma aggregate``).
 
 Tests put this folder on ``PYTHONPATH`` and set ``FEDMA_FAULT=<point>:<silo>:<marker>``;
 Python imports this module at start-up in every child process. The fault fires once — the
@@ -82,4 +83,40 @@ def _install() -> None:
         store._atomic_local_write = write
 
 
+def _guard_pickle() -> None:
+    """``FEDMA_GUARD_PICKLE=<log>``: every unpickling in this process (``pickle.load[s]``,
+    ``pickle.Unpickler``, ``torch.load``) is written to the log with where it came from. It
+    records rather than raises, so a test sees every call, not only the first."""
+    log = os.environ.get("FEDMA_GUARD_PICKLE")
+    if not log:
+        return
+    import pickle
+    import traceback
+
+    def record(what: str) -> None:
+        with open(log, "a") as f:
+            f.write(f"{what} in {' '.join(sys.argv)}\n{''.join(traceback.format_stack())}\n")
+
+    def wrap(name: str, fn):  # type: ignore[no-untyped-def]
+        def guarded(*args, **kwargs):  # type: ignore[no-untyped-def]
+            record(name)
+            return fn(*args, **kwargs)
+        return guarded
+
+    pickle.load = wrap("pickle.load", pickle.load)
+    pickle.loads = wrap("pickle.loads", pickle.loads)
+    real_unpickler = pickle.Unpickler
+
+    class Unpickler(real_unpickler):  # type: ignore[misc, valid-type]
+        def load(self):  # type: ignore[no-untyped-def]
+            record("pickle.Unpickler.load")
+            return super().load()
+
+    pickle.Unpickler = Unpickler  # type: ignore[misc]
+    import torch
+
+    torch.load = wrap("torch.load", torch.load)
+
+
+_guard_pickle()
 _install()

@@ -192,7 +192,7 @@ def comm_section(lines: list[str]) -> None:
 
 def load_section(lines: list[str]) -> None:
     det, soak = load("load-detail.json"), load("soak-detail.json")
-    lines += ["## Load and soak (`make bench-load`: `bench/load.py`, `bench/soak.py`)", ""]
+    lines += ["## Load and soak (`make bench-load`)", ""]
     if det:
         heap = f"{det['heap_first_round_mib']:.1f} → {det['heap_last_round_mib']:.1f} MiB"
         rss = f"{det['rss_first_round_mib']:.0f} → {det['rss_last_round_mib']:.0f} MiB"

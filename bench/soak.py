@@ -48,12 +48,18 @@ def rss_mib(pid: int) -> float | None:
     return None
 
 
-def children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
+def leftovers(work: Path) -> list[str]:
+    """Processes still running whose command line names the soak's folder (its silos and
+    aggregators are started with a round file from there)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            cmd = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(work) in cmd and int(cmdline.parent.name) != os.getpid():
+            found.append(f"{cmdline.parent.name}: {cmd[:200]}")
+    return found
 
 
 def run(rounds: int, silos: int, work: Path) -> dict[str, Any]:
@@ -91,7 +97,7 @@ def run(rounds: int, silos: int, work: Path) -> dict[str, Any]:
     sampler.join()
     wall = time.perf_counter() - t0
     return {"rc": proc.returncode, "stderr": err[-3000:], "wall_s": wall, "samples": samples,
-            "orphans": children(proc.pid), "out": out, "store": work / "store"}
+            "orphans": leftovers(work), "out": out, "store": work / "store"}
 
 
 def check(rounds: int, silos: int, res: dict[str, Any]) -> dict[str, Any]:

@@ -225,7 +225,10 @@ class RoundReconciler:
                                       f"{getattr(exc, 'reason', None) or exc}")
                 obs_silos[silo.name] = self._unreachable(entry, down[cluster.name], now)
                 continue
-            entry.pop("unreachableSince", None)
+            if entry.get("unreachableSince"):  # its cluster answers again
+                entry["unreachableSince"] = None  # null: a merge patch deletes the field
+                if entry.get("jobState") == JobState.ACTIVE:
+                    entry["reason"] = ""  # the waiting note is stale
 
         agg = dict(status.get("aggregation") or {})
         agg_state, agg_reason = await self._observe_aggregation(rnd, namespace, agg)

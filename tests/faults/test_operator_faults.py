@@ -118,6 +118,60 @@ async def test_an_unreachable_silo_cluster_marks_its_silo_and_the_round_goes_on_
         await handle.stop()
 
 
+async def test_a_silo_cluster_blip_within_the_grace_costs_nothing(k8s):
+    """The silo cluster's API server goes away for a few reconciles and comes back: the silo
+    is shown waiting, then carries on with its first attempt; nothing is retried."""
+    from tests.operator.conftest import free_port
+
+    api, ctl = Api(k8s), JobController(Api(k8s))
+    handle = OperatorHandle(k8s, cluster_grace_s=30.0)
+    await handle.start()
+    remote = Emulator()
+    port = free_port()
+    try:
+        async with remote:
+            declare(remote)
+            url = f"http://127.0.0.1:{port}"
+            kubeconfig = {"apiVersion": "v1", "kind": "Config", "current-context": "silo",
+                          "clusters": [{"name": "silo", "cluster": {"server": url}}],
+                          "users": [{"name": "fedma", "user": {"token": "t0ken"}}],
+                          "contexts": [{"name": "silo", "context": {"cluster": "silo",
+                                                                    "user": "fedma"}}]}
+            await api.create("/api/v1/namespaces/default/secrets", {
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "silo-2-kubeconfig", "namespace": "default"},
+                "data": {"kubeconfig": base64.b64encode(yaml.safe_dump(kubeconfig).encode())
+                         .decode()}})
+            body = round_body(silos=2, backoffLimit=0)
+            body["spec"]["silos"][1].update(kubeconfigSecret="silo-2-kubeconfig",
+                                            namespace="silo-ns")
+            async with kmock.Server(remote, port=port):
+                await api.create(rounds_path(), body)
+                rctl = JobController(Api(remote))
+                await wait_for(lambda: _remote(rctl), what="silo-2's Job in its cluster")
+
+            async def waiting():
+                entry = ((await get_round(api)).get("status") or {}).get("silos", {})
+                entry = entry.get("silo-2", {})
+                return entry if "waiting" in entry.get("reason", "") else None
+
+            entry = await wait_for(waiting, what="silo-2 shown waiting on its cluster")
+            assert entry["unreachableSince"] and entry["phase"] == "Running"
+            async with kmock.Server(remote, port=port):  # back, with its objects
+                job = (await rctl.jobs("silo-ns"))[0]
+                await rctl.finish(job, True, silo_summary("silo-2"))
+                await _finish_all(ctl, api)
+                agg = await wait_for(lambda: _n_jobs(ctl, 1, role="aggregate"))
+                await ctl.finish(agg[0], True, {**agg_summary(),
+                                                "included": ["silo-1", "silo-2"]})
+                st = (await wait_for(lambda: phase_is(api, "Succeeded")))["status"]
+        entry = st["silos"]["silo-2"]
+        assert entry["phase"] == "Succeeded" and entry["attempts"] == 1
+        assert "unreachableSince" not in entry and "waiting" not in entry.get("reason", "")
+    finally:
+        await handle.stop()
+
+
 async def _remote(ctl: JobController):
     return await ctl.jobs("silo-ns") or None
 

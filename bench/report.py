@@ -239,7 +239,8 @@ def load_section(lines: list[str]) -> None:
 
 def main() -> int:
     lines = ["# Benchmarks", "",
-             f"Written by `make bench` ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC) from "
+             f"Written by `bench/report.py`, the last step of `make bench` and `make bench-load` "
+             f"({datetime.now(UTC):%Y-%m-%d %H:%M} UTC), from "
              f"`bench/results/*.json`; every number below was measured by the command named in "
              f"its section, in that run, on: {cpu_model()}, {os.cpu_count()} cores, Python "
              f"{platform.python_version()}. Ratios compare figures taken in the same run.", ""]

@@ -113,6 +113,7 @@ def test_operator_arguments_are_ones_it_accepts(chart):
         args = parse_args(_containers(dep)[0]["args"])
         assert args.trainer_service_account == "fedma-trainer"
         assert args.all_namespaces == (case == "hub-defaults")
+        assert args.silo_cluster_grace == 60.0 and args.interval == 10.0
 
 
 def test_image_tag_defaults_to_the_app_version(chart):

@@ -98,9 +98,9 @@ def weighted_mean_delta(base: Tensors, updates: Sequence[SiloUpdate],
     silo, so the pass runs at memory speed. The rounding this leaves (≈ 1e-7 of a weight,
     against float64) is far below what one training step moves a weight; the order is fixed
     (silos sorted by name), so the result is deterministic."""
-    total = -float(sum(coefficients))
+    minus_total = -float(sum(coefficients))
     return {key: _blocked_pass(x, [block_reader(u.weights, key) for u in updates],
-                               coefficients, total, energy=False)[0]
+                               coefficients, minus_total, energy=False)[0]
             for key, x in base.items()}
 
 

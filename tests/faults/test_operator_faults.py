@@ -5,18 +5,17 @@ controller (tests/operator/conftest.py)."""
 from __future__ import annotations
 
 import asyncio
-import base64
 from typing import Any
 
 import kmock
 import pytest
-import yaml
 
 from tests.operator.conftest import (
     Api,
     Emulator,
     JobController,
     OperatorHandle,
+    create_kubeconfig_secret,
     declare,
     rounds_path,
     wait_for,
@@ -24,6 +23,7 @@ from tests.operator.conftest import (
 from tests.operator.test_lifecycle import (
     _finish_all,
     _n_jobs,
+    _remote_jobs,
     agg_summary,
     get_round,
     phase_is,
@@ -82,23 +82,14 @@ async def test_an_unreachable_silo_cluster_marks_its_silo_and_the_round_goes_on_
         remote = Emulator()
         async with remote, kmock.Server(remote):
             declare(remote)
-            url = str(remote.url).rstrip("/")
-            kubeconfig = {"apiVersion": "v1", "kind": "Config", "current-context": "silo",
-                          "clusters": [{"name": "silo", "cluster": {"server": url}}],
-                          "users": [{"name": "fedma", "user": {"token": "t0ken"}}],
-                          "contexts": [{"name": "silo", "context": {"cluster": "silo",
-                                                                    "user": "fedma"}}]}
-            await api.create("/api/v1/namespaces/default/secrets", {
-                "apiVersion": "v1", "kind": "Secret",
-                "metadata": {"name": "silo-3-kubeconfig", "namespace": "default"},
-                "data": {"kubeconfig": base64.b64encode(yaml.safe_dump(kubeconfig).encode())
-                         .decode()}})
+            await create_kubeconfig_secret(api, "silo-3-kubeconfig",
+                                           str(remote.url).rstrip("/"))
             body = round_body(silos=3, minSilos=2, backoffLimit=1)
             body["spec"]["silos"][2].update(kubeconfigSecret="silo-3-kubeconfig",
                                             namespace="silo-ns")
             await api.create(rounds_path(), body)
             rctl = JobController(Api(remote))
-            await wait_for(lambda: _remote(rctl), what="silo-3's Job in its cluster")
+            await wait_for(lambda: _remote_jobs(rctl), what="silo-3's Job in its cluster")
         # The silo cluster's API server is gone (its `async with` ended); the hub's silos
         # finish meanwhile.
         await _finish_all(ctl, api)
@@ -131,24 +122,15 @@ async def test_a_silo_cluster_blip_within_the_grace_costs_nothing(k8s):
     try:
         async with remote:
             declare(remote)
-            url = f"http://127.0.0.1:{port}"
-            kubeconfig = {"apiVersion": "v1", "kind": "Config", "current-context": "silo",
-                          "clusters": [{"name": "silo", "cluster": {"server": url}}],
-                          "users": [{"name": "fedma", "user": {"token": "t0ken"}}],
-                          "contexts": [{"name": "silo", "context": {"cluster": "silo",
-                                                                    "user": "fedma"}}]}
-            await api.create("/api/v1/namespaces/default/secrets", {
-                "apiVersion": "v1", "kind": "Secret",
-                "metadata": {"name": "silo-2-kubeconfig", "namespace": "default"},
-                "data": {"kubeconfig": base64.b64encode(yaml.safe_dump(kubeconfig).encode())
-                         .decode()}})
+            await create_kubeconfig_secret(api, "silo-2-kubeconfig",
+                                           f"http://127.0.0.1:{port}")
             body = round_body(silos=2, backoffLimit=0)
             body["spec"]["silos"][1].update(kubeconfigSecret="silo-2-kubeconfig",
                                             namespace="silo-ns")
             async with kmock.Server(remote, port=port):
                 await api.create(rounds_path(), body)
                 rctl = JobController(Api(remote))
-                await wait_for(lambda: _remote(rctl), what="silo-2's Job in its cluster")
+                await wait_for(lambda: _remote_jobs(rctl), what="silo-2's Job in its cluster")
 
             async def waiting():
                 entry = ((await get_round(api)).get("status") or {}).get("silos", {})
@@ -170,10 +152,6 @@ async def test_a_silo_cluster_blip_within_the_grace_costs_nothing(k8s):
         assert "unreachableSince" not in entry and "waiting" not in entry.get("reason", "")
     finally:
         await handle.stop()
-
-
-async def _remote(ctl: JobController):
-    return await ctl.jobs("silo-ns") or None
 
 
 ADVERSARIAL: dict[str, tuple[Any, str]] = {

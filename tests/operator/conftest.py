@@ -214,6 +214,24 @@ def jobs_path(ns: str = "default") -> str:
     return f"/apis/batch/v1/namespaces/{ns}/jobs"
 
 
+async def create_kubeconfig_secret(api: Api, name: str, server: str,
+                                   token: str = "t0ken") -> None:
+    """A Secret (key ``kubeconfig``) on the hub pointing at a silo cluster's API server."""
+    import base64
+
+    import yaml
+
+    kubeconfig = {"apiVersion": "v1", "kind": "Config", "current-context": "silo",
+                  "clusters": [{"name": "silo", "cluster": {"server": server}}],
+                  "users": [{"name": "fedma", "user": {"token": token}}],
+                  "contexts": [{"name": "silo", "context": {"cluster": "silo",
+                                                            "user": "fedma"}}]}
+    await api.create("/api/v1/namespaces/default/secrets", {
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "namespace": "default"},
+        "data": {"kubeconfig": base64.b64encode(yaml.safe_dump(kubeconfig).encode()).decode()}})
+
+
 class JobController:
     """Plays the Job controller and kubelet: finishes Jobs and writes termination messages."""
 

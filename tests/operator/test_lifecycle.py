@@ -262,29 +262,21 @@ async def _round_exists(api: Api, name: str):
 
 async def test_silo_in_its_own_cluster_through_a_kubeconfig_secret(k8s, operator):
     """Two API servers: the hub, and silo-2's own cluster reached with a kubeconfig Secret."""
-    import base64
-
     import kmock
-    import yaml
 
-    from tests.operator.conftest import Emulator, declare, record_api_calls
+    from tests.operator.conftest import (
+        Emulator,
+        create_kubeconfig_secret,
+        declare,
+        record_api_calls,
+    )
 
     async with Emulator() as remote, kmock.Server(remote):
         declare(remote)
-        url = str(remote.url).rstrip("/")
-        kubeconfig = {"apiVersion": "v1", "kind": "Config", "current-context": "silo",
-                      "clusters": [{"name": "silo", "cluster": {"server": url}}],
-                      "users": [{"name": "fedma", "user": {"token": "t0ken"}}],
-                      "contexts": [{"name": "silo", "context": {"cluster": "silo",
-                                                                "user": "fedma"}}]}
         api, ctl = Api(k8s), JobController(Api(k8s))
         rapi = Api(remote)
         rctl = JobController(rapi)
-        await api.create("/api/v1/namespaces/default/secrets", {
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "silo-2-kubeconfig", "namespace": "default"},
-            "data": {"kubeconfig": base64.b64encode(yaml.safe_dump(kubeconfig).encode())
-                     .decode()}})
+        await create_kubeconfig_secret(api, "silo-2-kubeconfig", str(remote.url).rstrip("/"))
         body = round_body(silos=2)
         body["spec"]["silos"][1].update(kubeconfigSecret="silo-2-kubeconfig",
                                         namespace="silo-ns", gpus=2)

@@ -60,6 +60,14 @@ def structural(schema: dict[str, Any]) -> dict[str, Any]:
                 out[k] = {name: conv(sub) for name, sub in v.items()}
             else:
                 out[k] = conv(v)
+        # JSON Schema 2020 (pydantic) writes ``exclusiveMinimum: 0``; apiextensions v1 speaks
+        # OpenAPI 3.0, where the bound is ``minimum`` and ``exclusiveMinimum`` a boolean.
+        for bound, flag in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+            if isinstance(out.get(flag), int | float) and not isinstance(out[flag], bool):
+                limit = out.pop(flag)
+                if bound in out and out[bound] != limit:
+                    raise ValueError(f"{flag}={limit} beside {bound}={out[bound]}")
+                out[bound], out[flag] = limit, True
         if "enum" in out and "type" not in out:
             out["type"] = "integer" if all(isinstance(e, int) for e in out["enum"]) else "string"
         return out

@@ -127,7 +127,8 @@ def _job(name: str, namespace: str, lbl: dict[str, str], pod: dict[str, Any],
 
 
 def owner_reference(round_obj: dict[str, Any]) -> dict[str, Any]:
-    """For same-cluster Jobs: deleting the FederatedRound deletes its Jobs."""
+    """For Jobs in the round's own namespace and cluster: deleting the FederatedRound deletes
+    its Jobs (an owner elsewhere counts as absent to the garbage collector)."""
     meta = round_obj["metadata"]
     return {"apiVersion": round_obj.get("apiVersion", "fedma.io/v1alpha1"),
             "kind": "FederatedRound", "name": meta["name"], "uid": meta["uid"],

@@ -248,7 +248,9 @@ class RoundReconciler:
             if cluster is None:
                 entry.update(jobState=JobState.FAILED, reason=cluster_errors[silo.name])
                 continue
-            same = cluster is self.pool.hub
+            # An ownerReference only binds within one namespace of one cluster: the garbage
+            # collector treats an owner in another namespace as absent and deletes the Job.
+            same = cluster is self.pool.hub and entry["namespace"] == namespace
             manifest = jobs.silo_job(rnd, silo, launch.attempt, entry["namespace"],
                                      self.settings, owner if same else None)
             try:

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Builds the pinned control plane (etcd, kube-apiserver, kube-controller-manager, kubectl) and helm
+# from the Go modules in tests/kube/tools into a cache keyed by their go.mod/go.sum, once.
+# Prints the bin directory. `make test` runs it; later runs with the same pins cost nothing.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+cache="${FEDMA_KUBE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/fedma/kube}"
+key="$(cat "$here"/tools/*/go.mod "$here"/tools/*/go.sum | sha256sum | cut -c1-16)"
+kube_version="$(awk '$1 == "k8s.io/kubernetes" {print $2}' "$here/tools/kubernetes/go.mod")"
+helm_version="$(awk '$2 == "helm.sh/helm/v3" {print $3}' "$here/tools/helm/go.mod")"
+bin="$cache/$kube_version-helm-$helm_version-$key/bin"
+if [[ -x "$bin/kube-apiserver" && -x "$bin/kube-controller-manager" && -x "$bin/kubectl" \
+      && -x "$bin/etcd" && -x "$bin/helm" ]]; then
+  echo "$bin"
+  exit 0
+fi
+mkdir -p "$bin.partial"
+export CGO_ENABLED=0 GOFLAGS="${GOFLAGS:--buildvcs=false} -mod=mod" GOTOOLCHAIN=local
+minor="${kube_version#v1.}"; minor="${minor%%.*}"
+v="k8s.io/component-base/version"
+kube_ldflags="-s -w -X $v.gitVersion=$kube_version -X $v.gitMajor=1 -X $v.gitMinor=$minor"
+kube_ldflags+=" -X $v.gitTreeState=clean -X $v.buildDate=1970-01-01T00:00:00Z"
+kube_ldflags+=" -X k8s.io/client-go/pkg/version.gitVersion=$kube_version"
+kube_ldflags+=" -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
+start=$SECONDS
+echo "building Kubernetes $kube_version (etcd, kube-apiserver, kube-controller-manager, kubectl)" \
+     "and helm $helm_version into $bin; a cold build takes a while on 2 cores" >&2
+(cd "$here/tools/kubernetes" && go build -trimpath -ldflags "$kube_ldflags" -o "$bin.partial/" \
+   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+   k8s.io/kubernetes/cmd/kubectl)
+echo "  kubernetes commands built ($((SECONDS - start)) s)" >&2
+(cd "$here/tools/kubernetes" && go build -trimpath -ldflags "-s -w" -o "$bin.partial/etcd" \
+   go.etcd.io/etcd/server/v3)
+echo "  etcd built ($((SECONDS - start)) s)" >&2
+(cd "$here/tools/helm" && go build -trimpath \
+   -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$helm_version" \
+   -o "$bin.partial/helm" helm.sh/helm/v3/cmd/helm)
+echo "  helm built ($((SECONDS - start)) s)" >&2
+rm -rf "$bin" && mv "$bin.partial" "$bin"
+echo "$bin"

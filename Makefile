@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test lint install clean bench bench-load bench-quality chart-assets
+.PHONY: demo test lint install clean bench bench-load bench-quality chart-assets kube-bin
 
 GRAFANA := tests/deploy/grafana
 
@@ -60,10 +60,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check fedma operator tests bench charts
 	$(BIN)/lint-imports
 
+# The pinned control plane and helm (tests/kube/build.sh: built once, cached by version).
+kube-bin:
+	bash tests/kube/build.sh
+
 test: $(STAMP)
 	$(BIN)/ruff check fedma operator tests bench charts
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q
+	FEDMA_KUBE_BIN="$$(bash tests/kube/build.sh)" $(BIN)/python -m pytest -q
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -72,6 +72,13 @@ def build_registry(cfg: OperatorConfig, api_factory: ApiFactory = default_api,
     metrics = metrics or Metrics()
     state: dict[str, Any] = {}
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        """The pod's ServiceAccount, else $KUBECONFIG / ~/.kube/config: the same credentials as
+        ``default_api``. A bare registry has no login handler and kopf would exit at start-up
+        with "Ran out of valid credentials"."""
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         # Progress lives in our own status fields, not kopf's; keep kopf out of the objects

@@ -113,6 +113,9 @@ class Hub(Cluster):
         return await _timed(self.observe, "patch", f"{plural}/status",
                             lambda: self.custom.patch_namespaced_custom_object_status(
                                 GROUP, VERSION, namespace, plural, name, {"status": status},
+                                # The client's default for a dict is a JSON patch, which an
+                                # API server refuses (400) for an object body.
+                                _content_type="application/merge-patch+json",
                                 _preload_content=False))
 
     async def create_round(self, namespace: str, body: dict[str, Any]) -> bool:

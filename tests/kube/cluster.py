@@ -1,0 +1,288 @@
+"""A real Kubernetes control plane on loopback: etcd, kube-apiserver, kube-controller-manager.
+
+Built by tests/kube/build.sh from the Go modules pinned in tests/kube/tools (no binary is
+committed). Each ``ControlPlane`` is one cluster with its own PKI, etcd and apiserver: RBAC
+authorization, the default admission plugins plus OwnerReferencesPermissionEnforcement, an
+audit log of every request (JSON lines, ``Metadata`` level) and a controller-manager running the
+Job, garbage-collector, namespace, service-account and token controllers. What it does not
+have: a scheduler, kubelets and a container runtime (tests/kube/kubelet.py stands in).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.kube.pki import Pair, Pki
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = Path(__file__).resolve().parent / "build.sh"
+CONTROLLERS = ["job-controller", "garbage-collector-controller", "namespace-controller",
+               "serviceaccount-controller", "serviceaccount-token-controller",
+               "ttl-after-finished-controller", "root-ca-certificate-publisher-controller"]
+AUDIT_POLICY = {"apiVersion": "audit.k8s.io/v1", "kind": "Policy",
+                "omitStages": ["RequestReceived"], "rules": [{"level": "Metadata"}]}
+
+
+def kube_bin() -> Path:
+    """Where build.sh put the binaries (it builds them the first time, then answers at once)."""
+    env = os.environ.get("FEDMA_KUBE_BIN")
+    if env:
+        return Path(env)
+    out = subprocess.run(["bash", str(BUILD)], check=True, capture_output=True, text=True)
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kubeconfig(server: str, ca: Path, user: dict[str, Any], name: str = "cluster",
+               namespace: str | None = None) -> dict[str, Any]:
+    """A kubeconfig dict with one cluster, one user and one context (``name``)."""
+    ctx: dict[str, Any] = {"cluster": name, "user": name}
+    if namespace:
+        ctx["namespace"] = namespace
+    return {"apiVersion": "v1", "kind": "Config", "current-context": name,
+            "clusters": [{"name": name, "cluster": {"server": server,
+                                                    "certificate-authority": str(ca)}}],
+            "users": [{"name": name, "user": user}],
+            "contexts": [{"name": name, "context": ctx}]}
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+    def stop(self, timeout: float = 10) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+    def tail(self, n: int = 40) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        return ""
+
+
+@dataclass
+class ControlPlane:
+    """One cluster. ``start()`` brings it up and waits until /readyz answers."""
+    name: str
+    folder: Path
+    bin: Path = field(default_factory=kube_bin)
+    procs: dict[str, Proc] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.pki = Pki(self.folder / "pki")
+        self.etcd_port, self.etcd_peer = free_port(), free_port()
+        self.port = free_port()
+        self.server = f"https://127.0.0.1:{self.port}"
+        self.audit_log = self.folder / "audit.log"
+        self.admin = self._client("admin", "kubernetes-admin", "system:masters")
+        self.admin_kubeconfig = self._kubeconfig_file("admin", self.admin)
+
+    # -- files ---------------------------------------------------------------------------------
+    def _client(self, name: str, cn: str, org: str | None = None) -> Pair:
+        return self.pki.issue(name, cn, org)
+
+    def _kubeconfig_file(self, name: str, pair: Pair) -> Path:
+        path = self.folder / f"{name}.kubeconfig"
+        cfg = kubeconfig(self.server, self.pki.ca, {"client-certificate": str(pair.cert),
+                                                     "client-key": str(pair.key)}, self.name)
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    def token_kubeconfig(self, token: str, path: Path, namespace: str | None = None) -> Path:
+        """A kubeconfig that authenticates with a bearer token (a ServiceAccount's)."""
+        path.write_text(yaml.safe_dump(kubeconfig(self.server, self.pki.ca, {"token": token},
+                                                  self.name, namespace)))
+        return path
+
+    # -- processes -----------------------------------------------------------------------------
+    def _spawn(self, name: str, argv: list[str]) -> Proc:
+        log = self.folder / f"{name}.log"
+        f = log.open("ab")
+        p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             start_new_session=True)
+        f.close()
+        self.procs[name] = Proc(name, p, log)
+        return self.procs[name]
+
+    def start(self) -> ControlPlane:
+        self.start_etcd()
+        self.start_apiserver()
+        self.wait_ready()
+        self.start_controller_manager()
+        return self
+
+    def start_etcd(self) -> None:
+        peer = f"http://127.0.0.1:{self.etcd_peer}"
+        self._spawn("etcd", [
+            str(self.bin / "etcd"), "--name", "default", "--data-dir", str(self.folder / "etcd"),
+            "--listen-client-urls", f"http://127.0.0.1:{self.etcd_port}",
+            "--advertise-client-urls", f"http://127.0.0.1:{self.etcd_port}",
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"default={peer}", "--unsafe-no-fsync",
+            "--listen-metrics-urls", f"http://127.0.0.1:{free_port()}", "--log-level", "warn"])
+
+    def start_apiserver(self) -> None:
+        serving = self.pki.issue("apiserver", "kube-apiserver", server=True)
+        policy = self.folder / "audit-policy.yaml"
+        policy.write_text(yaml.safe_dump(AUDIT_POLICY))
+        self._spawn("kube-apiserver", [
+            str(self.bin / "kube-apiserver"),
+            f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--secure-port={self.port}",
+            f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
+            f"--client-ca-file={self.pki.ca}",
+            f"--requestheader-client-ca-file={self.pki.ca}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={self.pki.sa_pub}",
+            f"--service-account-signing-key-file={self.pki.sa_key}",
+            "--service-cluster-ip-range=10.96.0.0/16",
+            "--authorization-mode=RBAC",
+            "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
+            f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json", "--audit-log-mode=blocking",
+            f"--cert-dir={self.folder / 'apiserver-certs'}",
+            "--endpoint-reconciler-type=none", "--profiling=false", "--v=0"])
+
+    def start_controller_manager(self) -> None:
+        pair = self._client("controller-manager", "system:kube-controller-manager")
+        kcfg = self._kubeconfig_file("controller-manager", pair)
+        self._spawn("kube-controller-manager", [
+            str(self.bin / "kube-controller-manager"), f"--kubeconfig={kcfg}",
+            f"--authentication-kubeconfig={kcfg}", f"--authorization-kubeconfig={kcfg}",
+            "--controllers=" + ",".join(CONTROLLERS), "--leader-elect=false",
+            f"--service-account-private-key-file={self.pki.sa_key}",
+            f"--root-ca-file={self.pki.ca}", "--use-service-account-credentials=true",
+            "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
+            "--concurrent-job-syncs=10", "--concurrent-gc-syncs=10", "--v=0"])
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            for p in self.procs.values():
+                if p.popen.poll() is not None:
+                    raise RuntimeError(f"{self.name}: {p.name} exited with {p.popen.returncode}:"
+                                       f"\n{p.tail()}")
+            try:
+                if self.request("GET", "/readyz")[0] == 200:
+                    return
+            except OSError as exc:
+                last = str(exc)
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name}: apiserver not ready in {timeout:.0f} s ({last}):\n"
+                           + self.procs["kube-apiserver"].tail())
+
+    def stop(self) -> None:
+        """Everything this cluster started, kubelets first (they kill their pods' processes)."""
+        order = [n for n in self.procs if n.startswith("kubelet-")]
+        order += ["kube-controller-manager", "kube-apiserver", "etcd"]
+        for name in order:
+            if name in self.procs:
+                self.procs.pop(name).stop()
+
+    def stop_apiserver(self) -> None:
+        self.procs.pop("kube-apiserver").stop()
+
+    def restart_apiserver(self) -> None:
+        self.start_apiserver()
+        self.wait_ready()
+
+    # -- requests as the admin -----------------------------------------------------------------
+    def ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.pki.ca))
+        ctx.load_cert_chain(str(self.admin.cert), str(self.admin.key))
+        return ctx
+
+    def request(self, method: str, path: str, body: Any = None,
+                content_type: str = "application/json", timeout: float = 15) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.server + path, data=data, method=method,
+                                     headers={"Content-Type": content_type,
+                                              "User-Agent": "fedma-tests"})
+        try:
+            with urllib.request.urlopen(req, context=self.ssl_context(), timeout=timeout) as r:
+                raw = r.read()
+                status = r.status
+        except urllib.error.HTTPError as err:
+            raw, status = err.read(), err.code
+        try:
+            return status, json.loads(raw) if raw else None
+        except ValueError:
+            return status, raw.decode(errors="replace")
+
+    def kubectl(self, *args: str, kubeconfig: Path | None = None, check: bool = True,
+                input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig or self.admin_kubeconfig)}
+        out = subprocess.run([str(self.bin / "kubectl"), *args], env=env, capture_output=True,
+                             text=True, input=input, timeout=timeout)
+        if check and out.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} -> {out.returncode}\n{out.stderr}")
+        return out
+
+    def helm(self, *args: str, check: bool = True, timeout: float = 180
+             ) -> subprocess.CompletedProcess:
+        env = {**os.environ, "KUBECONFIG": str(self.admin_kubeconfig),
+               "HELM_CACHE_HOME": str(self.folder / "helm" / "cache"),
+               "HELM_CONFIG_HOME": str(self.folder / "helm" / "config"),
+               "HELM_DATA_HOME": str(self.folder / "helm" / "data")}
+        out = subprocess.run([str(self.bin / "helm"), *args], env=env, capture_output=True,
+                             text=True, timeout=timeout, cwd=ROOT)
+        if check and out.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)} -> {out.returncode}\n{out.stderr}")
+        return out
+
+    def audit(self) -> Iterator[dict[str, Any]]:
+        """The audit log's events (ResponseComplete stage), oldest first."""
+        with contextlib.suppress(FileNotFoundError), self.audit_log.open() as f:
+            for line in f:
+                with contextlib.suppress(ValueError):
+                    yield json.loads(line)
+
+
+def start_kubelet(cp: ControlPlane, node: str, env: dict[str, str] | None = None,
+                  fast_message: str | None = None) -> Proc:
+    """The process kubelet (tests/kube/kubelet.py) for ``cp`` as a child process."""
+    import sys
+
+    argv = [sys.executable, "-m", "tests.kube.kubelet", "--kubeconfig",
+            str(cp.admin_kubeconfig), "--node", node, "--root", str(cp.folder / node)]
+    for k, v in (env or {}).items():
+        argv += ["--env", f"{k}={v}"]
+    if fast_message is not None:
+        argv += ["--fast", "--fast-message", fast_message] if fast_message else ["--fast"]
+    log = cp.folder / f"kubelet-{node}.log"
+    with log.open("ab") as f:
+        p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                             start_new_session=True)
+    cp.procs[f"kubelet-{node}"] = Proc(f"kubelet-{node}", p, log)
+    return cp.procs[f"kubelet-{node}"]

@@ -1,0 +1,130 @@
+"""A federation on the real control plane: the operator as deployed, real Jobs, real training.
+
+The hub's Job controller and garbage collector are kube-controller-manager's; pods run as
+local processes through the process kubelet (the only stand-in), so ``fedma train-silo`` and
+``fedma aggregate`` run for real, on CPU with the tiny models, over a file:// store.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+import yaml
+
+from fedma.store import Store, global_rel
+from tests.conftest import training_manifest
+from tests.kube.conftest import SILO_NAMESPACE
+from tests.kube.deployed import NAMESPACE
+from tests.kube.waiting import fedma_path, get, items, phase, wait_until
+
+pytestmark = [pytest.mark.kube]
+
+
+def apply(cp, obj, *flags):
+    return cp.kubectl("apply", *flags, "-f", "-", input=yaml.safe_dump(obj))
+
+
+def finished_training(hub, name, operator, timeout=300):
+    def probe():
+        obj = get(hub, fedma_path(NAMESPACE, "federatedtrainings", name))
+        return obj if phase(obj) in ("Succeeded", "Failed") else None
+
+    def diagnose():
+        rounds = items(hub, fedma_path(NAMESPACE, "federatedrounds"))
+        return ("rounds: " + json.dumps([r.get("status") for r in rounds])[:3000]
+                + "\noperator:\n" + operator.tail())
+
+    return wait_until(probe, timeout, f"training {name} to finish", diagnose, step=0.5)
+
+
+def test_the_crds_are_accepted_by_the_apiserver(hub):
+    out = hub.kubectl("apply", "--dry-run=server", "-f", "crds/")
+    assert "federatedrounds.fedma.io" in out.stdout
+    for plural in ("federatedrounds", "federatedtrainings"):
+        crd = get(hub, f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{plural}."
+                       "fedma.io")
+        conds = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
+        assert conds["Established"] == "True" and conds.get("NonStructuralSchema") is None
+
+
+def test_the_operator_starts_with_only_its_service_account(hub, operator):
+    def healthy():
+        if not operator.alive():
+            raise AssertionError("fedma-operator exited:\n" + operator.tail())
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{operator.health_port}/healthz",
+                                        timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    wait_until(healthy, 60, "the operator's /healthz", operator.tail)
+    assert "Ran out of valid credentials" not in operator.log.read_text()
+
+
+def test_two_round_federation_runs_on_the_real_control_plane(hub, operator, tmp_path,
+                                                             tiny_models):
+    manifest = training_manifest(tmp_path, tiny_models, silos=2, rounds=2)
+    manifest["metadata"].update(name="fed2", namespace=NAMESPACE)
+    manifest["spec"].pop("evaluation")
+    apply(hub, manifest, "--validate=strict")
+    obj = finished_training(hub, "fed2", operator)
+    st = obj["status"]
+    assert st["phase"] == "Succeeded", st
+    store = Store(manifest["spec"]["artifacts"]["uri"])
+    for h in st["history"]:
+        m = store.get_manifest(global_rel("fed2", h["round"]))
+        assert h["output"]["digest"] == m["sha256"]
+        assert h["included"] == ["silo-1", "silo-2"] == m["included"]
+    r2 = get(hub, fedma_path(NAMESPACE, "federatedrounds", "fed2-r0002"))
+    assert r2["spec"]["input"]["digest"] == st["history"][0]["output"]["digest"]
+    assert r2["status"]["silosDone"] == "2/2"
+    silo = r2["status"]["silos"]["silo-1"]
+    assert store.get_manifest(store.rel(silo["update"]["uri"]))["sha256"] == \
+        silo["update"]["digest"]
+    # Jobs: each created once, owned by its round, completed by the real Job controller.
+    jobs = [j for j in items(hub, f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs")
+            if j["metadata"]["labels"].get("fedma.io/training") == "fed2"]
+    assert sorted(j["metadata"]["name"] for j in jobs) == sorted(
+        f"fed2-r000{r}-{s}" for r in (1, 2) for s in ("silo-1-a1", "silo-2-a1", "aggregate"))
+    for j in jobs:
+        (owner,) = j["metadata"]["ownerReferences"]
+        assert owner["kind"] == "FederatedRound" and owner["name"] == j["metadata"]["labels"][
+            "fedma.io/round-name"]
+        assert any(c["type"] == "Complete" for c in j["status"]["conditions"])
+    # The Events the operator posted, and the printer columns users see.
+    reasons = {e["reason"] for e in items(hub, f"/api/v1/namespaces/{NAMESPACE}/events")
+               if e["involvedObject"]["name"].startswith("fed2")}
+    assert {"SiloJobCreated", "AggregationJobCreated"} <= reasons, reasons
+    table = hub.kubectl("-n", NAMESPACE, "get", "ft,fr", "-l", "fedma.io/training=fed2").stdout
+    assert "fed2-r0002" in table and "2/2" in table and "Succeeded" in table, table
+    # Deleting the training deletes its rounds and their Jobs (the real garbage collector).
+    hub.kubectl("-n", NAMESPACE, "delete", "federatedtraining", "fed2", "--wait=true",
+                "--cascade=foreground", "--timeout=60s")
+
+    def gone():
+        left = [j for j in items(hub, f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs")
+                if j["metadata"]["labels"].get("fedma.io/training") == "fed2"]
+        return not left and not items(hub, fedma_path(NAMESPACE, "federatedrounds"))
+    wait_until(gone, 60, "the garbage collector to delete rounds and Jobs")
+
+
+def test_a_silo_in_another_namespace_keeps_its_job(hub, operator, tmp_path, tiny_models):
+    """A hub silo Job in another namespace than its round gets no ownerReference: the garbage
+    collector would treat the cross-namespace owner as absent and delete the Job."""
+    manifest = training_manifest(tmp_path, tiny_models, silos=2, rounds=1)
+    manifest["metadata"].update(name="xns", namespace=NAMESPACE)
+    manifest["spec"].pop("evaluation")
+    manifest["spec"]["silos"][1]["namespace"] = SILO_NAMESPACE
+    apply(hub, manifest)
+    obj = finished_training(hub, "xns", operator)
+    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    (job,) = items(hub, f"/apis/batch/v1/namespaces/{SILO_NAMESPACE}/jobs?labelSelector="
+                        "fedma.io/training%3Dxns")
+    assert not job["metadata"].get("ownerReferences")
+    events = [e for e in items(hub, f"/api/v1/namespaces/{SILO_NAMESPACE}/events")
+              if e.get("reason") == "OwnerRefInvalidNamespace"]
+    assert not events, events
+    hub.kubectl("-n", NAMESPACE, "delete", "federatedtraining", "xns", "--wait=true")

@@ -101,6 +101,7 @@ class ControlPlane:
         self.port = free_port()
         self.server = f"https://127.0.0.1:{self.port}"
         self.audit_log = self.folder / "audit.log"
+        self.pod_env_file = self.folder / "pod-env.json"  # the kubelet adds it to every pod
         self.admin = self._client("admin", "kubernetes-admin", "system:masters")
         self.admin_kubeconfig = self._kubeconfig_file("admin", self.admin)
 
@@ -260,6 +261,15 @@ class ControlPlane:
             raise AssertionError(f"helm {' '.join(args)} -> {out.returncode}\n{out.stderr}")
         return out
 
+    @contextlib.contextmanager
+    def pod_env(self, **env: str) -> Iterator[None]:
+        """Extra environment for the processes of pods started inside the block."""
+        self.pod_env_file.write_text(json.dumps(env))
+        try:
+            yield
+        finally:
+            self.pod_env_file.write_text("{}")
+
     def audit(self) -> Iterator[dict[str, Any]]:
         """The audit log's events (ResponseComplete stage), oldest first."""
         with contextlib.suppress(FileNotFoundError), self.audit_log.open() as f:
@@ -274,7 +284,8 @@ def start_kubelet(cp: ControlPlane, node: str, env: dict[str, str] | None = None
     import sys
 
     argv = [sys.executable, "-m", "tests.kube.kubelet", "--kubeconfig",
-            str(cp.admin_kubeconfig), "--node", node, "--root", str(cp.folder / node)]
+            str(cp.admin_kubeconfig), "--node", node, "--root", str(cp.folder / node),
+            "--env-file", str(cp.pod_env_file)]
     for k, v in (env or {}).items():
         argv += ["--env", f"{k}={v}"]
     if fast_message is not None:

@@ -22,7 +22,9 @@ machine's PATH, e.g. the venv's ``fedma``), with:
 ``--fast`` completes every pod at once without a process (exit 0, the message from
 ``--fast-message MODULE:FUNCTION`` called with the pod), for load tests of the operator.
 
-Run: ``python -m tests.kube.kubelet --kubeconfig F --node N --root DIR [--env K=V ...]``.
+Run: ``python -m tests.kube.kubelet --kubeconfig F --node N --root DIR [--env K=V ...]
+[--env-file F]`` (F: a JSON object added to every process's environment, read at each start:
+how a test injects a fault, e.g. ``FEDMA_FAULT``, into the next pods).
 """
 
 from __future__ import annotations
@@ -112,8 +114,10 @@ class Running:
 
 class ProcessKubelet:
     def __init__(self, api: Api, node: str, root: Path, extra_env: dict[str, str],
-                 fast: Callable[[dict[str, Any]], str] | None = None, interval: float = 0.2):
+                 fast: Callable[[dict[str, Any]], str] | None = None, interval: float = 0.2,
+                 env_file: Path | None = None):
         self.api, self.node, self.root, self.extra_env = api, node, root, extra_env
+        self.env_file = env_file
         self.fast, self.interval = fast, interval
         self.pods: dict[str, Running] = {}  # by uid
 
@@ -313,6 +317,8 @@ class ProcessKubelet:
                 elif "fieldRef" in vf:
                     env[e["name"]] = _field(pod, vf["fieldRef"]["fieldPath"])
         env.update(self.extra_env)
+        if self.env_file is not None and self.env_file.exists():  # read at each start, so a
+            env.update(json.loads(self.env_file.read_text() or "{}"))  # test can inject faults
         argv = [host(a) for a in [*c.get("command", []), *c.get("args", [])]]
         if not argv:
             raise ConfigError(f"container {c['name']}: no command (the process kubelet runs "
@@ -429,6 +435,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--node", required=True)
     p.add_argument("--root", type=Path, required=True)
     p.add_argument("--env", action="append", default=[], help="K=V added to every process")
+    p.add_argument("--env-file", type=Path, help="JSON object of K: V, read at each start")
     p.add_argument("--fast", action="store_true")
     p.add_argument("--fast-message", default="", help="MODULE:FUNCTION(pod) -> message")
     args = p.parse_args(argv)
@@ -441,7 +448,7 @@ def main(argv: list[str] | None = None) -> None:
             fast = getattr(importlib.import_module(mod), fn)
     extra = dict(kv.split("=", 1) for kv in args.env)
     kubelet = ProcessKubelet(Api.from_kubeconfig(args.kubeconfig), args.node, args.root, extra,
-                             fast)
+                             fast, env_file=args.env_file)
 
     def stop(*_: Any) -> None:
         for r in kubelet.pods.values():

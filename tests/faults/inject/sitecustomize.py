@@ -7,7 +7,8 @@ marker file records that it did — so the retry the round logic launches runs c
 dies by SIGKILL, as under the OOM killer or a lost node: no handler, no cleanup, no
 termination message.
 
-Points: ``start`` (a silo process dies before doing anything), ``mid-training`` (after its
+Points: ``start`` (a silo process dies before doing anything), ``hang`` (it never finishes:
+a straggler, until something kills it), ``mid-training`` (after its
 second optimiser step), ``after-upload`` (right after its update is committed to the store,
 before it reports), ``aggregate-mid-write`` (the aggregator dies halfway through writing the
 global projector's bytes).
@@ -27,17 +28,26 @@ def _die(marker: Path) -> None:
 
 
 def _install() -> None:
-    spec = os.environ.get("FEDMA_FAULT")
-    if not spec:
-        return
-    point, silo, marker_path = spec.split(":", 2)
-    marker = Path(marker_path)
+    """``FEDMA_FAULT`` may list several faults separated by ``;``: the first whose marker is
+    absent fires, so ``start:s:m1;hang:s:m2`` kills attempt 1 and hangs attempt 2."""
+    for spec in filter(None, os.environ.get("FEDMA_FAULT", "").split(";")):
+        point, silo, marker_path = spec.split(":", 2)
+        if not Path(marker_path).exists():
+            _install_one(point, silo, Path(marker_path))
+            return
+
+
+def _install_one(point: str, silo: str, marker: Path) -> None:
     argv = sys.argv
-    if marker.exists():
-        return
     is_silo = "--silo" in argv and argv[argv.index("--silo") + 1] == silo
     if point == "start" and is_silo:
         _die(marker)
+    elif point == "hang" and is_silo:  # a straggler: alive, never done, until it is killed
+        import time
+
+        marker.write_text(" ".join(argv))
+        while True:
+            time.sleep(3600)
     elif point == "mid-training" and is_silo:
         from fedma.telemetry import TrainerMetrics
 

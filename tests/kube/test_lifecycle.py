@@ -1,0 +1,184 @@
+"""Round lifecycles on the real control plane: retries, stragglers, quorum, operator restarts,
+a silo in its own cluster. Failures are real: a silo process SIGKILLed or hung by the fault
+injector (tests/faults/inject), Jobs failed and pods killed by the real Job controller.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import training_manifest
+from tests.faults.conftest import INJECT
+from tests.kube.conftest import SILO_NAMESPACE
+from tests.kube.deployed import NAMESPACE
+from tests.kube.test_federation import apply, finished_training
+from tests.kube.waiting import fedma_path, get, items, phase, wait_until
+
+pytestmark = [pytest.mark.kube]
+OPERATOR_USER = f"system:serviceaccount:{NAMESPACE}:fedma-operator"
+
+
+def one_round(tmp_path: Path, tiny_models, name: str, silos: int = 2, **aggregation):
+    manifest = training_manifest(tmp_path, tiny_models, silos=silos, rounds=1)
+    manifest["metadata"].update(name=name, namespace=NAMESPACE)
+    manifest["spec"].pop("evaluation")
+    manifest["spec"]["aggregation"].update(aggregation)
+    return manifest
+
+
+def round_status(hub, name: str) -> dict:
+    return (get(hub, fedma_path(NAMESPACE, "federatedrounds", f"{name}-r0001")) or {}).get(
+        "status") or {}
+
+
+def jobs_of(cp, name: str, namespace: str = NAMESPACE) -> dict[str, dict]:
+    return {j["metadata"]["name"]: j for j in items(
+        cp, f"/apis/batch/v1/namespaces/{namespace}/jobs?labelSelector=fedma.io/training%3D"
+            f"{name}")}
+
+
+def created_by_operator(cp, resource: str) -> collections.Counter:
+    """How often the operator's identity got a 201 for creating each ``resource`` name."""
+    out: collections.Counter = collections.Counter()
+    for e in cp.audit():
+        ref = e.get("objectRef") or {}
+        if (e.get("verb") == "create" and ref.get("resource") == resource
+                and e.get("user", {}).get("username", "").startswith("system:serviceaccount:")
+                and (e.get("responseStatus") or {}).get("code") == 201):
+            out[ref.get("name") or ""] += 1
+    return out
+
+
+def delete_training(hub, name: str) -> None:
+    hub.kubectl("-n", NAMESPACE, "delete", "federatedtraining", name, "--wait=true",
+                "--timeout=60s")
+
+
+def test_a_killed_silo_is_retried_by_a_new_attempt_job(hub, operator, tmp_path, tiny_models):
+    manifest = one_round(tmp_path, tiny_models, "retry", backoffLimit=1)
+    marker = tmp_path / "killed"
+    with hub.pod_env(PYTHONPATH=str(INJECT), FEDMA_FAULT=f"start:silo-1:{marker}"):
+        apply(hub, manifest)
+        obj = finished_training(hub, "retry", operator)
+    assert marker.exists()
+    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    silo = round_status(hub, "retry")["silos"]["silo-1"]
+    assert silo["attempts"] == 2 and silo["phase"] == "Succeeded", silo
+    jobs = jobs_of(hub, "retry")
+    first = {c["type"]: c for c in jobs["retry-r0001-silo-1-a1"]["status"]["conditions"]}
+    assert first["Failed"]["reason"] == "BackoffLimitExceeded"  # the real Job controller's
+    assert "Complete" in {c["type"] for c in jobs["retry-r0001-silo-1-a2"]["status"][
+        "conditions"]}
+    delete_training(hub, "retry")
+
+
+def test_a_straggler_is_excluded_at_the_deadline_and_its_job_deleted(hub, operator, tmp_path,
+                                                                    tiny_models):
+    """Attempt 1 of silo-3 dies, attempt 2 hangs: the round's deadline (from the round's
+    start) comes before that Job's own activeDeadlineSeconds (from its start), so the operator
+    must stop it: it holds accelerators."""
+    manifest = one_round(tmp_path, tiny_models, "strag", silos=3, minSilos=2,
+                         deadlineSeconds=40, backoffLimit=1)
+    killed, hung = tmp_path / "killed", tmp_path / "hung"
+    with hub.pod_env(PYTHONPATH=str(INJECT),
+                     FEDMA_FAULT=f"start:silo-3:{killed};hang:silo-3:{hung}"):
+        apply(hub, manifest)
+        obj = finished_training(hub, "strag", operator, timeout=180)
+    assert killed.exists() and hung.exists()
+    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    st = round_status(hub, "strag")
+    assert st["silos"]["silo-3"]["phase"] == "Excluded"
+    assert "deadline" in st["silos"]["silo-3"]["reason"]
+    assert sorted(st["aggregation"]["included"]) == ["silo-1", "silo-2"]
+    # The operator deleted the hung attempt's Job; the pod's process is gone with it.
+    wait_until(lambda: "strag-r0001-silo-3-a2" not in jobs_of(hub, "strag"), 60,
+               "the straggler's Job to be deleted")
+    wait_until(lambda: not items(hub, f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector="
+                                      "fedma.io/silo%3Dsilo-3,fedma.io/attempt%3D2,"
+                                      "fedma.io/training%3Dstrag"),
+               60, "the hung attempt's pod to go")
+    deletes = [e for e in hub.audit() if e.get("verb") == "delete"
+               and (e.get("objectRef") or {}).get("name") == "strag-r0001-silo-3-a2"]
+    assert {e["user"]["username"] for e in deletes} >= {OPERATOR_USER}
+    delete_training(hub, "strag")
+
+
+def test_the_operator_killed_mid_round_resumes_without_a_duplicate_job(hub, operator, tmp_path,
+                                                                      tiny_models):
+    manifest = one_round(tmp_path, tiny_models, "kill9")
+    apply(hub, manifest)
+    wait_until(lambda: len(jobs_of(hub, "kill9")) == 2, 60, "both silo Jobs")
+    operator.kill()  # kill -9 while the silos train
+    time.sleep(2)
+    operator.start()
+    obj = finished_training(hub, "kill9", operator)
+    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    created = created_by_operator(hub, "jobs")
+    mine = {k: v for k, v in created.items() if k.startswith("kill9-")}
+    assert mine == {"kill9-r0001-silo-1-a1": 1, "kill9-r0001-silo-2-a1": 1,
+                    "kill9-r0001-aggregate": 1}, mine
+    assert sorted(round_status(hub, "kill9")["aggregation"]["included"]) == ["silo-1", "silo-2"]
+    delete_training(hub, "kill9")
+
+
+def test_a_silo_in_its_own_cluster_trains_there(hub, silo, operator, tmp_path, tiny_models):
+    manifest = one_round(tmp_path, tiny_models, "multi")
+    manifest["spec"]["silos"][1].update(kubeconfigSecret="silo-a-kubeconfig",
+                                        namespace=SILO_NAMESPACE)
+    apply(hub, manifest)
+    obj = finished_training(hub, "multi", operator)
+    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    remote = jobs_of(silo, "multi", SILO_NAMESPACE)
+    assert list(remote) == ["multi-r0001-silo-2-a1"]
+    (job,) = remote.values()
+    assert not job["metadata"].get("ownerReferences")  # no owner across clusters
+    assert "Complete" in {c["type"] for c in job["status"]["conditions"]}
+    st = round_status(hub, "multi")
+    assert st["silos"]["silo-2"]["cluster"] == "secret:silo-a-kubeconfig"
+    delete_training(hub, "multi")
+
+
+def test_a_stopped_silo_apiserver_excludes_its_silo_after_the_grace(hub, silo, operator,
+                                                                   tmp_path, tiny_models):
+    manifest = one_round(tmp_path, tiny_models, "down", minSilos=1)
+    manifest["spec"]["silos"][1].update(kubeconfigSecret="silo-a-kubeconfig",
+                                        namespace=SILO_NAMESPACE)
+    marker = tmp_path / "hung"
+    # The remote silo hangs, so its apiserver goes away while its Job is still running.
+    with silo.pod_env(PYTHONPATH=str(INJECT), FEDMA_FAULT=f"hang:silo-2:{marker}"):
+        apply(hub, manifest)
+        wait_until(marker.exists, 90, "the remote silo to start")
+    silo.stop_apiserver()
+    try:
+        obj = finished_training(hub, "down", operator, timeout=180)
+        st = round_status(hub, "down")
+    finally:
+        silo.restart_apiserver()
+    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    assert st["silos"]["silo-2"]["phase"] == "Excluded", st["silos"]["silo-2"]
+    # After the grace the attempt counts as failed; the retry cannot reach the cluster either.
+    assert "silo-a-kubeconfig" in st["silos"]["silo-2"]["reason"], st["silos"]["silo-2"]
+    assert st["aggregation"]["included"] == {"silo-1": st["silos"]["silo-1"]["update"]["digest"]}
+    delete_training(hub, "down")
+
+
+def test_the_hub_apiserver_restarted_mid_round_costs_nothing(hub, operator, tmp_path,
+                                                            tiny_models):
+    manifest = one_round(tmp_path, tiny_models, "hubdown")
+    apply(hub, manifest)
+    wait_until(lambda: len(jobs_of(hub, "hubdown")) == 2, 60, "both silo Jobs")
+    hub.stop_apiserver()
+    time.sleep(3)
+    hub.restart_apiserver()
+    obj = finished_training(hub, "hubdown", operator)
+    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    assert operator.alive()
+    created = {k: v for k, v in created_by_operator(hub, "jobs").items()
+               if k.startswith("hubdown-")}
+    assert set(created.values()) == {1} and len(created) == 3, created
+    delete_training(hub, "hubdown")
+    assert phase(obj) == "Succeeded"

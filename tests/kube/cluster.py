@@ -93,6 +93,7 @@ class ControlPlane:
     folder: Path
     bin: Path = field(default_factory=kube_bin)
     procs: dict[str, Proc] = field(default_factory=dict)
+    restarts: list[tuple[float, float]] = field(default_factory=list)  # (stopped, ready again)
 
     def __post_init__(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -211,11 +212,18 @@ class ControlPlane:
                 self.procs.pop(name).stop()
 
     def stop_apiserver(self) -> None:
+        self.restarts.append((time.time(), float("inf")))
         self.procs.pop("kube-apiserver").stop()
 
     def restart_apiserver(self) -> None:
         self.start_apiserver()
         self.wait_ready()
+        self.restarts[-1] = (self.restarts[-1][0], time.time())
+
+    def restarting(self, at: float, settle: float = 10.0) -> bool:
+        """Whether ``at`` (epoch seconds) fell while the apiserver was stopped or in the first
+        ``settle`` seconds after it was ready again (its RBAC cache still syncing)."""
+        return any(a <= at <= b + settle for a, b in self.restarts)
 
     # -- requests as the admin -----------------------------------------------------------------
     def ssl_context(self) -> ssl.SSLContext:

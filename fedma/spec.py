@@ -254,9 +254,29 @@ class ProjectorRef(_Model):
     digest: Digest
 
 
+# The cross-field rules of ``_CommonSpec._silos_consistent`` that an API server can check at
+# admission (CEL in the generated CRDs), so ``kubectl apply`` refuses them with this message.
+_CEL_RULES = [
+    {"rule": "!has(self.aggregation) || !has(self.aggregation.minSilos) || "
+             "self.aggregation.minSilos <= size(self.silos)",
+     "message": "aggregation.minSilos exceeds the number of silos listed",
+     "fieldPath": ".aggregation.minSilos"},
+    {"rule": "!has(self.aggregation) || !has(self.aggregation.strategy) || "
+             "self.aggregation.strategy != 'fedprox' || (has(self.training) && "
+             "has(self.training.proximalMu) && self.training.proximalMu > 0.0)",
+     "message": "training.proximalMu must be > 0 with aggregation.strategy fedprox",
+     "fieldPath": ".training.proximalMu"},
+]
+
+
 class _CommonSpec(_Model):
+    model_config = ConfigDict(**_Model.model_config,
+                              json_schema_extra={"x-kubernetes-validations": _CEL_RULES})
+
     model: ModelSpec
-    silos: list[SiloSpec] = Field(min_length=1, max_length=1000)
+    # A map keyed by name: the API server refuses two silos of one name (Duplicate value).
+    silos: list[SiloSpec] = Field(min_length=1, max_length=1000, json_schema_extra={
+        "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
     training: TrainingSpec = TrainingSpec()
     aggregation: AggregationSpec = AggregationSpec()
     artifacts: ArtifactsSpec
@@ -288,6 +308,12 @@ class FederatedTrainingSpec(_CommonSpec):
 
 
 class FederatedRoundSpec(_CommonSpec):
+    # A round is a record of what ran: its spec never changes after creation.
+    model_config = ConfigDict(**_Model.model_config, json_schema_extra={
+        "x-kubernetes-validations": [*_CEL_RULES, {
+            "rule": "self == oldSelf",
+            "message": "a FederatedRound's spec is immutable; create a new round"}]})
+
     # Names the training's folder in the store and its Jobs' labels: a DNS label, like
     # metadata.name of the FederatedTraining it comes from.
     training_name: DnsLabel

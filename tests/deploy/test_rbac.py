@@ -10,12 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from tests.deploy.conftest import NAMESPACE, api_calls, by_kind, render
+from tests.kube.deployed import ADMISSION_ONLY
 
 Grant = tuple[str, str, str]  # (verb, apiGroup, resource)
-# Checked by admission (OwnerReferencesPermissionEnforcement), never sent as a request: the
-# owner's finalizers when creating with blockOwnerDeletion (proven in tests/kube).
-ADMISSION_ONLY: set[Grant] = {("update", "fedma.io", "federatedtrainings/finalizers"),
-                              ("update", "fedma.io", "federatedrounds/finalizers")}
 
 
 def _grants(roles: list[dict[str, Any]]) -> set[Grant]:

@@ -10,6 +10,7 @@ from typing import Any
 import kmock
 import pytest
 
+from tests.faults.adversarial import ADVERSARIAL, adversarial_body
 from tests.operator.conftest import (
     Api,
     Emulator,
@@ -154,44 +155,12 @@ async def test_a_silo_cluster_blip_within_the_grace_costs_nothing(k8s):
         await handle.stop()
 
 
-ADVERSARIAL: dict[str, tuple[Any, str]] = {
-    # name: (change to a valid round body, what the refusal must name)
-    "huge-round-number": ({"round": 10**12, "totalRounds": 10**12}, "spec.round"),
-    "negative-deadline": ({"aggregation": {"deadlineSeconds": -5}},
-                          "spec.aggregation.deadlineSeconds"),
-    "negative-batch-size": ({"training": {"batchSize": -1}}, "spec.training.batchSize"),
-    "path-traversal-in-the-store-URI": ({"artifacts": {"uri": "s3://fedma/runs/../../etc"}},
-                                        "spec.artifacts.uri"),
-    "path-traversal-in-the-input-URI": (
-        {"input": {"uri": "s3://fedma/runs/../other/global.safetensors", "digest": "ab" * 32}},
-        "spec.input.uri"),
-    "traversal-in-the-training-name": ({"trainingName": "../../evil"}, "spec.trainingName"),
-    "foreign-store-scheme": ({"artifacts": {"uri": "http://attacker.example/x"}},
-                             "spec.artifacts.uri"),
-    "unknown-field": ({"sneaky": True}, "spec.sneaky"),
-    "too-many-silos": ({"silos": [{"name": f"s{i}", "data": {"path": "/d.jsonl"}}
-                                  for i in range(1001)]}, "spec.silos"),
-    "digest-not-sha256": ({"input": {"uri": "s3://fedma/runs/x", "digest": "zz"}},
-                          "spec.input.digest"),
-}
-
-
-def adversarial_body(case: str) -> dict[str, Any]:
-    """A valid round with ``ADVERSARIAL[case]``'s change merged into its spec."""
-    body = round_body()
-    change = ADVERSARIAL[case][0]
-    body["spec"] = {**body["spec"], **{k: ({**body["spec"].get(k, {}), **v}
-                                           if isinstance(v, dict) and k != "input" else v)
-                                       for k, v in change.items()}}
-    return body
-
-
 @pytest.mark.parametrize("case", sorted(ADVERSARIAL))
 async def test_an_adversarial_spec_is_refused_with_the_field_and_never_loops(k8s, operator,
                                                                             case):
     field = ADVERSARIAL[case][1]
     api, ctl = Api(k8s), JobController(Api(k8s))
-    await api.create(rounds_path(), adversarial_body(case))
+    await api.create(rounds_path(), adversarial_body(round_body(), case))
     obj = await wait_for(lambda: phase_is(api, "Failed"), what="Failed")
     assert field in obj["status"]["message"], obj["status"]["message"]
     cond = {c["type"]: c for c in obj["status"]["conditions"]}

@@ -7,36 +7,17 @@ local processes through the process kubelet (the only stand-in), so ``fedma trai
 
 from __future__ import annotations
 
-import json
 import urllib.request
 
 import pytest
-import yaml
 
 from fedma.store import Store, global_rel
 from tests.conftest import training_manifest
 from tests.kube.conftest import SILO_NAMESPACE
 from tests.kube.deployed import NAMESPACE
-from tests.kube.waiting import fedma_path, get, items, phase, wait_until
+from tests.kube.waiting import apply, fedma_path, finished_training, get, items, wait_until
 
 pytestmark = [pytest.mark.kube]
-
-
-def apply(cp, obj, *flags):
-    return cp.kubectl("apply", *flags, "-f", "-", input=yaml.safe_dump(obj))
-
-
-def finished_training(hub, name, operator, timeout=300):
-    def probe():
-        obj = get(hub, fedma_path(NAMESPACE, "federatedtrainings", name))
-        return obj if phase(obj) in ("Succeeded", "Failed") else None
-
-    def diagnose():
-        rounds = items(hub, fedma_path(NAMESPACE, "federatedrounds"))
-        return ("rounds: " + json.dumps([r.get("status") for r in rounds])[:3000]
-                + "\noperator:\n" + operator.tail())
-
-    return wait_until(probe, timeout, f"training {name} to finish", diagnose, step=0.5)
 
 
 def test_the_crds_are_accepted_by_the_apiserver(hub):

@@ -14,12 +14,10 @@ import pytest
 from tests.conftest import training_manifest
 from tests.faults.conftest import INJECT
 from tests.kube.conftest import SILO_NAMESPACE
-from tests.kube.deployed import NAMESPACE
-from tests.kube.test_federation import apply, finished_training
-from tests.kube.waiting import fedma_path, get, items, phase, wait_until
+from tests.kube.deployed import NAMESPACE, OPERATOR_USER
+from tests.kube.waiting import apply, fedma_path, finished_training, get, items, phase, wait_until
 
 pytestmark = [pytest.mark.kube]
-OPERATOR_USER = f"system:serviceaccount:{NAMESPACE}:fedma-operator"
 
 
 def one_round(tmp_path: Path, tiny_models, name: str, silos: int = 2, **aggregation):
@@ -58,6 +56,7 @@ def delete_training(hub, name: str) -> None:
                 "--timeout=60s")
 
 
+@pytest.mark.faults
 def test_a_killed_silo_is_retried_by_a_new_attempt_job(hub, operator, tmp_path, tiny_models):
     manifest = one_round(tmp_path, tiny_models, "retry", backoffLimit=1)
     marker = tmp_path / "killed"
@@ -76,6 +75,7 @@ def test_a_killed_silo_is_retried_by_a_new_attempt_job(hub, operator, tmp_path, 
     delete_training(hub, "retry")
 
 
+@pytest.mark.faults
 def test_a_straggler_is_excluded_at_the_deadline_and_its_job_deleted(hub, operator, tmp_path,
                                                                     tiny_models):
     """Attempt 1 of silo-3 dies, attempt 2 hangs: the round's deadline (from the round's
@@ -107,6 +107,7 @@ def test_a_straggler_is_excluded_at_the_deadline_and_its_job_deleted(hub, operat
     delete_training(hub, "strag")
 
 
+@pytest.mark.faults
 def test_the_operator_killed_mid_round_resumes_without_a_duplicate_job(hub, operator, tmp_path,
                                                                       tiny_models):
     manifest = one_round(tmp_path, tiny_models, "kill9")
@@ -142,6 +143,7 @@ def test_a_silo_in_its_own_cluster_trains_there(hub, silo, operator, tmp_path, t
     delete_training(hub, "multi")
 
 
+@pytest.mark.faults
 def test_a_stopped_silo_apiserver_excludes_its_silo_after_the_grace(hub, silo, operator,
                                                                    tmp_path, tiny_models):
     manifest = one_round(tmp_path, tiny_models, "down", minSilos=1)
@@ -166,6 +168,7 @@ def test_a_stopped_silo_apiserver_excludes_its_silo_after_the_grace(hub, silo, o
     delete_training(hub, "down")
 
 
+@pytest.mark.faults
 def test_the_hub_apiserver_restarted_mid_round_costs_nothing(hub, operator, tmp_path,
                                                             tiny_models):
     manifest = one_round(tmp_path, tiny_models, "hubdown")

@@ -17,10 +17,14 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.test_rbac import ADMISSION_ONLY
 from tests.kube.conftest import SILO_NAMESPACE
-from tests.kube.deployed import NAMESPACE, RELEASE, service_account_kubeconfig
-from tests.kube.test_lifecycle import OPERATOR_USER
+from tests.kube.deployed import (
+    ADMISSION_ONLY,
+    NAMESPACE,
+    OPERATOR_USER,
+    RELEASE,
+    service_account_kubeconfig,
+)
 
 pytestmark = [pytest.mark.kube]
 Grant = tuple[str, str, str]

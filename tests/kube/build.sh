@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
 # Builds the pinned control plane (etcd, kube-apiserver, kube-controller-manager, kubectl) and helm
-# from the Go modules in tests/kube/tools into a cache keyed by their go.mod/go.sum, once.
+# from the Go modules in tests/kube/tools into a cache keyed by their go.mod/go.sum, once, and
+# puts the prometheus-operator's CRDs (from its pinned module) beside them in crds/monitoring.
 # Prints the bin directory. `make test` runs it; later runs with the same pins cost nothing.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cache="${FEDMA_KUBE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/fedma/kube}"
-key="$(cat "$here"/tools/*/go.mod "$here"/tools/*/go.sum | sha256sum | cut -c1-16)"
+key="$(cat "$here"/tools/{kubernetes,helm}/go.{mod,sum} | sha256sum | cut -c1-16)"
 kube_version="$(awk '$1 == "k8s.io/kubernetes" {print $2}' "$here/tools/kubernetes/go.mod")"
 helm_version="$(awk '$2 == "helm.sh/helm/v3" {print $3}' "$here/tools/helm/go.mod")"
 bin="$cache/$kube_version-helm-$helm_version-$key/bin"
+monitoring_crds() {  # the module's example/prometheus-operator-crd, copied once
+  local dir
+  dir="$(cd "$here/tools/prometheus-operator" && GOFLAGS=-mod=mod go mod download -json \
+         github.com/prometheus-operator/prometheus-operator | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
+  mkdir -p "$bin/../crds/monitoring"
+  cp "$dir"/example/prometheus-operator-crd/monitoring.coreos.com_{servicemonitors,podmonitors,prometheusrules}.yaml \
+     "$bin/../crds/monitoring/"
+}
 if [[ -x "$bin/kube-apiserver" && -x "$bin/kube-controller-manager" && -x "$bin/kubectl" \
       && -x "$bin/etcd" && -x "$bin/helm" ]]; then
+  [[ -f "$bin/../crds/monitoring/monitoring.coreos.com_servicemonitors.yaml" ]] || monitoring_crds >&2
   echo "$bin"
   exit 0
 fi
@@ -37,4 +47,5 @@ echo "  etcd built ($((SECONDS - start)) s)" >&2
    -o "$bin.partial/helm" helm.sh/helm/v3/cmd/helm)
 echo "  helm built ($((SECONDS - start)) s)" >&2
 rm -rf "$bin" && mv "$bin.partial" "$bin"
+monitoring_crds >&2
 echo "$bin"

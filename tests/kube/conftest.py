@@ -28,7 +28,10 @@ from tests.kube.deployed import (
     silo_kubeconfig,
 )
 
-SILO_NAMESPACE = "fedma-silo"
+SILO_NAMESPACE = "fedma-silo"  # in a silo's own cluster, as in the README
+# A silo namespace on the hub itself (hub and silo sharing a cluster); not "fedma-silo", so the
+# README test can use the hub as one of its silo clusters.
+HUB_SILO_NAMESPACE = "fedma-local-silo"
 HUB_VALUES: dict[str, Any] = {
     "role": "hub",
     "operator": {"interval": 1, "siloClusterGrace": 8},
@@ -46,7 +49,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
         start_kubelet(cp, "hub-node", POD_ENV)
         install_hub(cp, HUB_VALUES)
         # A silo namespace on the hub itself (hub and silo sharing a cluster, docs/deploy.md).
-        install_silo(cp, "fedma-silo", SILO_NAMESPACE, {
+        install_silo(cp, "fedma-local-silo", HUB_SILO_NAMESPACE, {
             "hubIdentity": {"serviceAccount": {"create": False}, "subjects": [
                 {"kind": "ServiceAccount", "name": "fedma-operator", "namespace": NAMESPACE}]},
             "trainer": {"metricsPort": 0}})

@@ -112,3 +112,26 @@ def test_unknown_fields_are_refused_by_kubectl_and_pruned_for_other_clients(hub,
     status, stored = hub.request("POST", fedma_path(ns, "federatedrounds"), body)
     assert status == 201, stored
     assert "sneaky" not in stored["spec"] and "extra" not in stored["spec"]["silos"][0]
+
+
+def test_the_charts_monitors_are_accepted_by_the_prometheus_operators_crds(hub, tmp_path):
+    """With the prometheus-operator's own CRDs (from its pinned Go module) in the hub, the
+    ServiceMonitor, PodMonitor and PrometheusRule of examples/values-hub.yaml are validated by
+    the apiserver, strictly."""
+    crds = hub.bin.parent / "crds" / "monitoring"
+    hub.kubectl("apply", "--server-side", "-f", str(crds))
+    hub.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(crds))
+    out = hub.helm("template", "fedma", "charts/fedma", "-n", NAMESPACE, "-f",
+                   "examples/values-hub.yaml", "--api-versions", "monitoring.coreos.com/v1")
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    monitors = [d for d in docs if d["apiVersion"] == "monitoring.coreos.com/v1"]
+    assert {d["kind"] for d in monitors} == {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+    for doc in monitors:
+        res = hub.kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-",
+                          input=yaml.safe_dump(doc), check=False)
+        assert res.returncode == 0, (doc["kind"], res.stderr)
+    # And a typo in one is refused by the real schema, naming the field.
+    bad = {**monitors[0], "spec": {**monitors[0]["spec"], "endpointz": []}}
+    res = hub.kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-",
+                      input=yaml.safe_dump(bad), check=False)
+    assert res.returncode != 0 and "endpointz" in res.stderr, res.stderr

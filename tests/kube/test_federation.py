@@ -13,7 +13,7 @@ import pytest
 
 from fedma.store import Store, global_rel
 from tests.conftest import training_manifest
-from tests.kube.conftest import SILO_NAMESPACE
+from tests.kube.conftest import HUB_SILO_NAMESPACE
 from tests.kube.deployed import NAMESPACE
 from tests.kube.waiting import apply, fedma_path, finished_training, get, items, wait_until
 
@@ -98,14 +98,14 @@ def test_a_silo_in_another_namespace_keeps_its_job(hub, operator, tmp_path, tiny
     manifest = training_manifest(tmp_path, tiny_models, silos=2, rounds=1)
     manifest["metadata"].update(name="xns", namespace=NAMESPACE)
     manifest["spec"].pop("evaluation")
-    manifest["spec"]["silos"][1]["namespace"] = SILO_NAMESPACE
+    manifest["spec"]["silos"][1]["namespace"] = HUB_SILO_NAMESPACE
     apply(hub, manifest)
     obj = finished_training(hub, "xns", operator)
     assert obj["status"]["phase"] == "Succeeded", obj["status"]
-    (job,) = items(hub, f"/apis/batch/v1/namespaces/{SILO_NAMESPACE}/jobs?labelSelector="
+    (job,) = items(hub, f"/apis/batch/v1/namespaces/{HUB_SILO_NAMESPACE}/jobs?labelSelector="
                         "fedma.io/training%3Dxns")
     assert not job["metadata"].get("ownerReferences")
-    events = [e for e in items(hub, f"/api/v1/namespaces/{SILO_NAMESPACE}/events")
+    events = [e for e in items(hub, f"/api/v1/namespaces/{HUB_SILO_NAMESPACE}/events")
               if e.get("reason") == "OwnerRefInvalidNamespace"]
     assert not events, events
     hub.kubectl("-n", NAMESPACE, "delete", "federatedtraining", "xns", "--wait=true")

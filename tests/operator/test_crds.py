@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-import jsonschema
 import pytest
 import yaml
 
@@ -54,16 +53,7 @@ def test_schemas_are_structural_with_status_subresource_and_columns():
 
 @pytest.mark.parametrize("example", ["training.yaml", "cluster-training.yaml",
                                      "federation.yaml"])
-def test_example_manifests_are_valid_against_the_generated_schema(example):
-    crd = build_crds()["fedma.io_federatedtrainings.yaml"]
-    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-    example = yaml.safe_load((ROOT / "examples" / example).read_text())
-    jsonschema.validate(example, schema)
-    parse(example)
-    bad = {**example, "spec": {**example["spec"], "rounds": 0}}
-    try:
-        jsonschema.validate(bad, schema)
-    except jsonschema.ValidationError as exc:
-        assert "rounds" in str(exc.path) or exc.validator == "minimum"
-    else:
-        raise AssertionError("rounds: 0 should be refused by the CRD schema")
+def test_example_manifests_parse_as_the_types(example):
+    """The types' own check; the CRD's is the real apiserver's, in
+    tests/kube/test_admission.py (jsonschema cannot read OpenAPI 3.0's boolean bounds)."""
+    parse(yaml.safe_load((ROOT / "examples" / example).read_text()))

@@ -45,6 +45,10 @@ class OperatorConfig:
     interval_s: float = 10.0
     # How long a silo's own cluster may be unreachable before its attempt counts as failed.
     cluster_grace_s: float = 60.0
+    # False with --namespace: only those namespaces are served, so kopf need not list and
+    # watch Namespaces and CRDs cluster-wide (rights a namespaced install does not grant; kopf
+    # would retry for about two minutes before it served anything).
+    clusterwide: bool = True
 
 
 async def default_api() -> client.ApiClient:
@@ -88,6 +92,7 @@ def build_registry(cfg: OperatorConfig, api_factory: ApiFactory = default_api,
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix="fedma.io", key="last-handled-configuration")
         settings.posting.level = logging.WARNING
+        settings.scanning.disabled = not cfg.clusterwide
         api = await api_factory()
         hub = Hub(api, metrics.observe_api)
         pool = ClusterPool(hub)

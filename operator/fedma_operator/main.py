@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = OperatorConfig(JobSettings(trainer_image=args.trainer_image,
                                      service_account=args.trainer_service_account,
                                      metrics_port=args.trainer_metrics_port),
-                         interval_s=args.interval, cluster_grace_s=args.silo_cluster_grace)
+                         interval_s=args.interval, cluster_grace_s=args.silo_cluster_grace,
+                         clusterwide=args.all_namespaces)
     asyncio.run(kopf.operator(
         registry=build_registry(cfg), standalone=True, clusterwide=args.all_namespaces,
         namespaces=args.namespace, liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz",

@@ -70,7 +70,8 @@ def test_every_manifest_is_valid_for_the_kubernetes_api(chart, case):
 
 def test_hub_and_silo_render_what_each_role_needs(chart):
     hub = {d["kind"] for d in render(chart, CASES["hub-everything"])}
-    assert hub == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "RoleBinding",
+    # hub-everything watches listed namespaces: RoleBindings only, nothing cluster-wide.
+    assert hub == {"ServiceAccount", "ClusterRole", "RoleBinding",
                    "Deployment", "Service", "ServiceMonitor", "PodMonitor", "PrometheusRule",
                    "ConfigMap", "NetworkPolicy"}
     silo = {d["kind"] for d in render(chart, CASES["silo-everything"])}

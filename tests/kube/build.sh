@@ -6,7 +6,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cache="${FEDMA_KUBE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/fedma/kube}"
-key="$(cat "$here"/tools/{kubernetes,helm}/go.{mod,sum} | sha256sum | cut -c1-16)"
+key="$(cat "$here"/tools/{kubernetes,helm}/go.{mod,sum} "$0" | sha256sum | cut -c1-16)"
 kube_version="$(awk '$1 == "k8s.io/kubernetes" {print $2}' "$here/tools/kubernetes/go.mod")"
 helm_version="$(awk '$2 == "helm.sh/helm/v3" {print $3}' "$here/tools/helm/go.mod")"
 bin="$cache/$kube_version-helm-$helm_version-$key/bin"
@@ -42,8 +42,14 @@ echo "  kubernetes commands built ($((SECONDS - start)) s)" >&2
 (cd "$here/tools/kubernetes" && go build -trimpath -ldflags "-s -w" -o "$bin.partial/etcd" \
    go.etcd.io/etcd/server/v3)
 echo "  etcd built ($((SECONDS - start)) s)" >&2
-(cd "$here/tools/helm" && go build -trimpath \
-   -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$helm_version" \
+# As helm's Makefile: the Kubernetes version `helm template` assumes is its client-go's.
+client_go="$(cd "$here/tools/helm" && go list -m -f '{{.Version}}' k8s.io/client-go)"
+cg_minor="${client_go#v0.}"; cg_minor="${cg_minor%%.*}"
+helm_ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$helm_version"
+for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+  helm_ldflags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$cg_minor"
+done
+(cd "$here/tools/helm" && go build -trimpath -ldflags "$helm_ldflags" \
    -o "$bin.partial/helm" helm.sh/helm/v3/cmd/helm)
 echo "  helm built ($((SECONDS - start)) s)" >&2
 rm -rf "$bin" && mv "$bin.partial" "$bin"

@@ -2,8 +2,8 @@
 chart's alert rules, and answers every dashboard query and every metric an alert reads.
 
 The federation runs for real (the operator against kmock, the test kubelet running each Job's
-command as a local process with tiny models), as in tests/operator/test_e2e.py. The scrape
-jobs are named as the chart's ServiceMonitor and PodMonitor name them (fedma-operator,
+command as a local process with tiny models; tests/kube runs one on a real control plane).
+The scrape jobs are named as the chart's ServiceMonitor and PodMonitor name them (fedma-operator,
 fedma-trainer); trainer targets arrive through file-based discovery as the kubelet starts them,
 where the Prometheus Operator would find them by the PodMonitor's selector.
 

@@ -51,6 +51,12 @@ def created_by_operator(cp, resource: str) -> collections.Counter:
     return out
 
 
+def training_with_silos_running(hub, tmp_path: Path, tiny_models, name: str) -> None:
+    """A 2-silo, 1-round training applied and both its silo Jobs created."""
+    apply(hub, one_round(tmp_path, tiny_models, name))
+    wait_until(lambda: len(jobs_of(hub, name)) == 2, 60, "both silo Jobs")
+
+
 def delete_training(hub, name: str) -> None:
     hub.kubectl("-n", NAMESPACE, "delete", "federatedtraining", name, "--wait=true",
                 "--timeout=60s")
@@ -110,9 +116,7 @@ def test_a_straggler_is_excluded_at_the_deadline_and_its_job_deleted(hub, operat
 @pytest.mark.faults
 def test_the_operator_killed_mid_round_resumes_without_a_duplicate_job(hub, operator, tmp_path,
                                                                       tiny_models):
-    manifest = one_round(tmp_path, tiny_models, "kill9")
-    apply(hub, manifest)
-    wait_until(lambda: len(jobs_of(hub, "kill9")) == 2, 60, "both silo Jobs")
+    training_with_silos_running(hub, tmp_path, tiny_models, "kill9")
     operator.kill()  # kill -9 while the silos train
     time.sleep(2)
     operator.start()
@@ -171,9 +175,7 @@ def test_a_stopped_silo_apiserver_excludes_its_silo_after_the_grace(hub, silo, o
 @pytest.mark.faults
 def test_the_hub_apiserver_restarted_mid_round_costs_nothing(hub, operator, tmp_path,
                                                             tiny_models):
-    manifest = one_round(tmp_path, tiny_models, "hubdown")
-    apply(hub, manifest)
-    wait_until(lambda: len(jobs_of(hub, "hubdown")) == 2, 60, "both silo Jobs")
+    training_with_silos_running(hub, tmp_path, tiny_models, "hubdown")
     hub.stop_apiserver()
     time.sleep(3)
     hub.restart_apiserver()

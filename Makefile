@@ -67,8 +67,7 @@ kube-bin:
 test: $(STAMP)
 	$(BIN)/ruff check fedma operator tests bench charts
 	$(BIN)/lint-imports
-	bash tests/kube/build.sh >/dev/null
-	FEDMA_KUBE_BIN="$$(bash tests/kube/build.sh)" $(BIN)/python -m pytest -q
+	kube_bin="$$(bash tests/kube/build.sh)" && FEDMA_KUBE_BIN="$$kube_bin" $(BIN)/python -m pytest -q
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

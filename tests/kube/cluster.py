@@ -14,9 +14,9 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from tests.kube.pki import Pair, Pki
+from tests.operator.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = Path(__file__).resolve().parent / "build.sh"
@@ -46,12 +47,6 @@ def kube_bin() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def kubeconfig(server: str, ca: Path, user: dict[str, Any], name: str = "cluster",
                namespace: str | None = None) -> dict[str, Any]:
     """A kubeconfig dict with one cluster, one user and one context (``name``)."""
@@ -67,23 +62,42 @@ def kubeconfig(server: str, ca: Path, user: dict[str, Any], name: str = "cluster
 
 @dataclass
 class Proc:
+    """A child process in its own process group, its output in ``log``."""
     name: str
     popen: subprocess.Popen
     log: Path
 
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL to the whole group: what the OOM killer or a lost node does."""
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait()
+
     def stop(self, timeout: float = 10) -> None:
-        if self.popen.poll() is None:
+        if self.alive():
             self.popen.send_signal(signal.SIGTERM)
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+                self.kill()
 
     def tail(self, n: int = 40) -> str:
         with contextlib.suppress(OSError):
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
         return ""
+
+
+def spawn(name: str, argv: list[str], log: Path, env: dict[str, str] | None = None,
+          cwd: Path | None = None) -> Proc:
+    """Start ``argv`` in a new session, stdout and stderr appended to ``log``."""
+    with log.open("ab") as f:
+        p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             env=env, cwd=cwd, start_new_session=True)
+    return Proc(name, p, log)
 
 
 @dataclass
@@ -124,13 +138,8 @@ class ControlPlane:
         return path
 
     # -- processes -----------------------------------------------------------------------------
-    def _spawn(self, name: str, argv: list[str]) -> Proc:
-        log = self.folder / f"{name}.log"
-        f = log.open("ab")
-        p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True)
-        f.close()
-        self.procs[name] = Proc(name, p, log)
+    def _spawn(self, name: str, argv: list[str], **kw: Any) -> Proc:
+        self.procs[name] = spawn(name, argv, self.folder / f"{name}.log", **kw)
         return self.procs[name]
 
     def start(self) -> ControlPlane:
@@ -248,26 +257,28 @@ class ControlPlane:
         except ValueError:
             return status, raw.decode(errors="replace")
 
+    def _tool(self, tool: str, args: tuple[str, ...], env: dict[str, str], check: bool,
+              timeout: float, input: str | None = None) -> subprocess.CompletedProcess:
+        out = subprocess.run([str(self.bin / tool), *args], env={**os.environ, **env},
+                             capture_output=True, text=True, input=input, timeout=timeout,
+                             cwd=ROOT)
+        if check and out.returncode != 0:
+            raise AssertionError(f"{tool} {' '.join(args)} -> {out.returncode}\n{out.stderr}")
+        return out
+
     def kubectl(self, *args: str, kubeconfig: Path | None = None, check: bool = True,
                 input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig or self.admin_kubeconfig)}
-        out = subprocess.run([str(self.bin / "kubectl"), *args], env=env, capture_output=True,
-                             text=True, input=input, timeout=timeout)
-        if check and out.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} -> {out.returncode}\n{out.stderr}")
-        return out
+        return self._tool("kubectl", args, {"KUBECONFIG": str(kubeconfig or
+                                                              self.admin_kubeconfig)},
+                          check, timeout, input)
 
     def helm(self, *args: str, check: bool = True, timeout: float = 180
              ) -> subprocess.CompletedProcess:
-        env = {**os.environ, "KUBECONFIG": str(self.admin_kubeconfig),
-               "HELM_CACHE_HOME": str(self.folder / "helm" / "cache"),
-               "HELM_CONFIG_HOME": str(self.folder / "helm" / "config"),
-               "HELM_DATA_HOME": str(self.folder / "helm" / "data")}
-        out = subprocess.run([str(self.bin / "helm"), *args], env=env, capture_output=True,
-                             text=True, timeout=timeout, cwd=ROOT)
-        if check and out.returncode != 0:
-            raise AssertionError(f"helm {' '.join(args)} -> {out.returncode}\n{out.stderr}")
-        return out
+        home = self.folder / "helm"
+        return self._tool("helm", args, {"KUBECONFIG": str(self.admin_kubeconfig),
+                                         "HELM_CACHE_HOME": str(home / "cache"),
+                                         "HELM_CONFIG_HOME": str(home / "config"),
+                                         "HELM_DATA_HOME": str(home / "data")}, check, timeout)
 
     @contextlib.contextmanager
     def pod_env(self, **env: str) -> Iterator[None]:
@@ -289,8 +300,6 @@ class ControlPlane:
 def start_kubelet(cp: ControlPlane, node: str, env: dict[str, str] | None = None,
                   fast_message: str | None = None) -> Proc:
     """The process kubelet (tests/kube/kubelet.py) for ``cp`` as a child process."""
-    import sys
-
     argv = [sys.executable, "-m", "tests.kube.kubelet", "--kubeconfig",
             str(cp.admin_kubeconfig), "--node", node, "--root", str(cp.folder / node),
             "--env-file", str(cp.pod_env_file)]
@@ -298,10 +307,5 @@ def start_kubelet(cp: ControlPlane, node: str, env: dict[str, str] | None = None
         argv += ["--env", f"{k}={v}"]
     if fast_message is not None:
         argv += ["--fast", "--fast-message", fast_message] if fast_message else ["--fast"]
-    log = cp.folder / f"kubelet-{node}.log"
-    with log.open("ab") as f:
-        p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                             start_new_session=True)
-    cp.procs[f"kubelet-{node}"] = Proc(f"kubelet-{node}", p, log)
-    return cp.procs[f"kubelet-{node}"]
+    return cp._spawn(f"kubelet-{node}", argv, cwd=ROOT,
+                     env={**os.environ, "PYTHONPATH": str(ROOT)})

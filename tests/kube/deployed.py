@@ -10,18 +10,16 @@ the rights the chart grants. Only its ports change (pods have a network namespac
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests.kube.cluster import ROOT, ControlPlane, free_port
+from tests.kube.cluster import ROOT, ControlPlane, Proc, spawn
+from tests.operator.conftest import free_port
 
 NAMESPACE = "fedma"
 RELEASE = "fedma"
@@ -104,40 +102,28 @@ class OperatorProcess:
         self.args = [a for a in args if not a.startswith(("--metrics-port", "--health-port"))]
         self.kubeconfig, self.folder, self.env = kubeconfig, folder, env or {}
         self.log = folder / "operator.log"
-        self.popen: subprocess.Popen | None = None
+        self.proc: Proc | None = None
         self.metrics_port = self.health_port = 0
 
     def start(self) -> OperatorProcess:
         self.metrics_port, self.health_port = free_port(), free_port()
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), **self.env}
         env.pop("KUBERNETES_SERVICE_HOST", None)
-        with self.log.open("ab") as f:
-            self.popen = subprocess.Popen(
-                [str(BIN / "fedma-operator"), *self.args, f"--metrics-port={self.metrics_port}",
-                 f"--health-port={self.health_port}"],
-                stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=ROOT,
-                start_new_session=True)
+        self.proc = spawn("fedma-operator", [
+            str(BIN / "fedma-operator"), *self.args, f"--metrics-port={self.metrics_port}",
+            f"--health-port={self.health_port}"], self.log, env=env, cwd=ROOT)
         return self
 
     def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
+        return self.proc is not None and self.proc.alive()
 
     def kill(self) -> None:
-        if self.alive():
-            assert self.popen is not None
-            os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait()
+        if self.proc is not None:
+            self.proc.kill()
 
     def stop(self) -> None:
-        if self.alive():
-            assert self.popen is not None
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        if self.proc is not None:
+            self.proc.stop(15)
 
     def tail(self, n: int = 60) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-        return ""
+        return self.proc.tail(n) if self.proc is not None else ""

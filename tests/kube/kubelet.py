@@ -105,7 +105,9 @@ class Running:
     pod: dict[str, Any]
     folder: Path
     procs: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
-    states: dict[str, dict[str, Any]] = field(default_factory=dict)
+    states: dict[str, dict[str, Any]] = field(default_factory=dict)  # container → state
+    started_at: str = field(default_factory=now)
+    config_error: bool = False  # a container could not be configured: start again
     restarts: dict[str, int] = field(default_factory=dict)
     task: asyncio.Task | None = None
     deleter: asyncio.Task | None = None
@@ -177,7 +179,8 @@ class ProcessKubelet:
                 running = self.pods[uid] = Running(pod, self._dir(pod))
                 running.task = asyncio.create_task(self.start(running))
             elif (running is not None and running.task is not None and running.task.done()
-                  and running.states.pop("_config_error", False)):
+                  and running.config_error):
+                running.config_error = False
                 # A container that could not be configured (a missing Secret): try again.
                 running.task = asyncio.create_task(self.start(running))
         for uid in set(self.pods) - seen:
@@ -215,8 +218,7 @@ class ProcessKubelet:
                              "started": "running" in state, "state": state})
         ready = "True" if phase == "Running" else "False"
         body = {"status": {"phase": phase, "hostIP": "127.0.0.1", "podIP": "127.0.0.1",
-                           "podIPs": [{"ip": "127.0.0.1"}], "startTime": running.states.get(
-                               "_start", now()),
+                           "podIPs": [{"ip": "127.0.0.1"}], "startTime": running.started_at,
                            "containerStatuses": statuses,
                            "conditions": [
                                {"type": "PodScheduled", "status": "True"},
@@ -232,7 +234,6 @@ class ProcessKubelet:
 
     async def start(self, running: Running) -> None:
         pod = running.pod
-        running.states.setdefault("_start", now())
         if self.fast is not None:
             message = self.fast(pod)
             for c in pod["spec"]["containers"]:
@@ -247,7 +248,7 @@ class ProcessKubelet:
             for c in pod["spec"]["containers"]:
                 running.states[c["name"]] = {"waiting": {"reason": "CreateContainerConfigError",
                                                          "message": str(exc)}}
-            running.states["_config_error"] = True
+            running.config_error = True
             await self.patch_status(running, "Pending")
             await asyncio.sleep(1)
             return

@@ -55,6 +55,11 @@ def test_every_example_is_accepted_with_strict_validation(hub, example):
         out = hub.kubectl("apply", "--validate=strict", "--dry-run=server", "-f", "-",
                           input=yaml.safe_dump(doc), check=False)
         assert out.returncode == 0, (example, out.stderr)
+        if doc["kind"] == "FederatedTraining":  # and the schema's bounds hold for it
+            bad = {**doc, "spec": {**doc["spec"], "rounds": 0}}
+            out = hub.kubectl("apply", "--dry-run=server", "-f", "-",
+                              input=yaml.safe_dump(bad), check=False)
+            assert out.returncode != 0 and "spec.rounds" in out.stderr, out.stderr
 
 
 @pytest.mark.faults

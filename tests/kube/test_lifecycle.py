@@ -45,7 +45,7 @@ def created_by_operator(cp, resource: str) -> collections.Counter:
     for e in cp.audit():
         ref = e.get("objectRef") or {}
         if (e.get("verb") == "create" and ref.get("resource") == resource
-                and e.get("user", {}).get("username", "").startswith("system:serviceaccount:")
+                and e.get("user", {}).get("username") == OPERATOR_USER
                 and (e.get("responseStatus") or {}).get("code") == 201):
             out[ref.get("name") or ""] += 1
     return out

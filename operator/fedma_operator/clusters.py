@@ -51,7 +51,7 @@ class ClusterPool:
         except Exception as exc:
             raise SiloClusterError(f"silo {silo.name}: Secret {namespace}/{name}: not a usable "
                                    f"kubeconfig ({type(exc).__name__}: {exc})") from None
-        cluster = Cluster(api, f"secret:{name}", self.observe)
+        cluster = Cluster(api, f"secret:{name}", self.observe, self.hub.timeout_s)
         if cached:
             await cached[1].api.close()
         self._cache[(namespace, name)] = (version, cluster)

@@ -30,7 +30,7 @@ from kubernetes_asyncio import client
 from fedma.spec import GROUP
 from fedma_operator.clusters import ClusterPool
 from fedma_operator.jobs import JobSettings
-from fedma_operator.kube import VERSION, Hub
+from fedma_operator.kube import DEFAULT_TIMEOUT_S, VERSION, Hub
 from fedma_operator.metrics import Metrics
 from fedma_operator.reconcile import Outcome, RoundReconciler
 from fedma_operator.training import TrainingReconciler
@@ -49,6 +49,9 @@ class OperatorConfig:
     # watch Namespaces and CRDs cluster-wide (rights a namespaced install does not grant; kopf
     # would retry for about two minutes before it served anything).
     clusterwide: bool = True
+    # Deadline of every API call the reconcilers make (hub and silo clusters): an endpoint
+    # that accepts and never answers costs this, then counts as unreachable.
+    api_timeout_s: float = DEFAULT_TIMEOUT_S
 
 
 async def default_api() -> client.ApiClient:
@@ -94,7 +97,7 @@ def build_registry(cfg: OperatorConfig, api_factory: ApiFactory = default_api,
         settings.posting.level = logging.WARNING
         settings.scanning.disabled = not cfg.clusterwide
         api = await api_factory()
-        hub = Hub(api, metrics.observe_api)
+        hub = Hub(api, metrics.observe_api, cfg.api_timeout_s)
         pool = ClusterPool(hub)
         state.update(api=api, hub=hub, pool=pool,
                      rounds=RoundReconciler(pool, cfg.job_settings, metrics,

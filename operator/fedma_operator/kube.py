@@ -2,12 +2,19 @@
 
 Objects travel as plain dicts (``_preload_content=False``): the operator reads a handful of
 fields and never needs the generated model classes. Every call tolerates what a restarted or
-duplicated reconcile meets: 409 on create (adopt what exists), 404 on delete. Lists are
-filtered client-side by label, so nothing relies on server-side selectors.
+duplicated reconcile meets: 409 on create (adopt what exists), 404 on delete. Lists carry a
+server-side label selector (the apiserver sends only the round's objects, not the
+namespace's history) and are filtered again client-side.
+
+Every call has a deadline (``timeout_s``): kubernetes_asyncio sends none unless asked, so an
+endpoint that accepts the connection and never answers would stall a reconcile for good. A
+call past its deadline raises :class:`NoAnswer`, which the round treats like a refused
+connection (the silo's cluster is unreachable: grace, then exclusion).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -26,19 +33,33 @@ def _noop(verb: str, resource: str, seconds: float, error: bool) -> None:
     return None
 
 
+DEFAULT_TIMEOUT_S = 30.0
+
+
+class NoAnswer(RuntimeError):
+    """A call that got no complete answer within its deadline; the message says which."""
+
+
 async def _timed(observe: Observer, verb: str, resource: str,
-                 call: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
+                 call: Callable[[], Awaitable[Any]], where: str = "hub",
+                 timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
     """Run one raw call; returns the decoded body, raises ApiException on a non-2xx status
-    (raw responses are not status-checked by the client itself)."""
+    (raw responses are not status-checked by the client itself) and NoAnswer past
+    ``timeout_s`` (connecting, the TLS handshake and reading the body all count)."""
     t0 = time.perf_counter()
     try:
-        resp = await call()
-        body = await resp.read()
+        async with asyncio.timeout(timeout_s):
+            resp = await call()
+            body = await resp.read()
         if not 200 <= resp.status <= 299:
             raise ApiException(status=resp.status, reason=body.decode(errors="replace")[:500])
     except ApiException as exc:
         observe(verb, resource, time.perf_counter() - t0, exc.status not in (404, 409))
         raise
+    except TimeoutError:
+        observe(verb, resource, time.perf_counter() - t0, True)
+        raise NoAnswer(f"{verb} {resource} in {where}: no answer within {timeout_s:g} s") \
+            from None
     observe(verb, resource, time.perf_counter() - t0, False)
     return json.loads(body) if body else {}
 
@@ -48,26 +69,35 @@ def matches(obj: dict[str, Any], selector: dict[str, str]) -> bool:
     return all(got.get(k) == v for k, v in selector.items())
 
 
+def label_selector(selector: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+
+
 class Cluster:
     """Jobs and their pods in one cluster (the hub, or a silo's through its kubeconfig)."""
 
     def __init__(self, api: client.ApiClient, name: str = "hub",
-                 observe: Observer = _noop):
+                 observe: Observer = _noop, timeout_s: float = DEFAULT_TIMEOUT_S):
         self.api = api
         self.name = name
         self.observe = observe
+        self.timeout_s = timeout_s
         self.batch = client.BatchV1Api(api)
         self.core = client.CoreV1Api(api)
 
+    async def _call(self, verb: str, resource: str,
+                    call: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
+        return await _timed(self.observe, verb, resource, call, self.name, self.timeout_s)
+
     async def list_jobs(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
-        out = await _timed(self.observe, "list", "jobs", lambda: self.batch.list_namespaced_job(
-            namespace, _preload_content=False))
+        out = await self._call("list", "jobs", lambda: self.batch.list_namespaced_job(
+            namespace, label_selector=label_selector(selector), _preload_content=False))
         return [j for j in out.get("items", []) if matches(j, selector)]
 
     async def create_job(self, namespace: str, body: dict[str, Any]) -> bool:
         """True if created, False if it already existed (adopted)."""
         try:
-            await _timed(self.observe, "create", "jobs", lambda: self.batch.create_namespaced_job(
+            await self._call("create", "jobs", lambda: self.batch.create_namespaced_job(
                 namespace, body, _preload_content=False))
         except ApiException as exc:
             if exc.status == 409:
@@ -77,28 +107,29 @@ class Cluster:
 
     async def delete_job(self, namespace: str, name: str) -> None:
         try:
-            await _timed(self.observe, "delete", "jobs", lambda: self.batch.delete_namespaced_job(
+            await self._call("delete", "jobs", lambda: self.batch.delete_namespaced_job(
                 name, namespace, propagation_policy="Background", _preload_content=False))
         except ApiException as exc:
             if exc.status != 404:
                 raise
 
     async def list_pods(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
-        out = await _timed(self.observe, "list", "pods", lambda: self.core.list_namespaced_pod(
-            namespace, _preload_content=False))
+        out = await self._call("list", "pods", lambda: self.core.list_namespaced_pod(
+            namespace, label_selector=label_selector(selector), _preload_content=False))
         return [p for p in out.get("items", []) if matches(p, selector)]
 
 
 class Hub(Cluster):
     """The hub also holds the custom resources and the silo kubeconfig Secrets."""
 
-    def __init__(self, api: client.ApiClient, observe: Observer = _noop):
-        super().__init__(api, "hub", observe)
+    def __init__(self, api: client.ApiClient, observe: Observer = _noop,
+                 timeout_s: float = DEFAULT_TIMEOUT_S):
+        super().__init__(api, "hub", observe, timeout_s)
         self.custom = client.CustomObjectsApi(api)
 
     async def get_round(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return await _timed(self.observe, "get", "federatedrounds",
+            return await self._call("get", "federatedrounds",
                                 lambda: self.custom.get_namespaced_custom_object(
                                     GROUP, VERSION, namespace, "federatedrounds", name,
                                     _preload_content=False))
@@ -110,7 +141,7 @@ class Hub(Cluster):
     async def patch_status(self, plural: str, namespace: str, name: str,
                            status: dict[str, Any]) -> dict[str, Any]:
         """Merge-patch ``.status`` of a FederatedRound/-Training; returns the updated object."""
-        return await _timed(self.observe, "patch", f"{plural}/status",
+        return await self._call("patch", f"{plural}/status",
                             lambda: self.custom.patch_namespaced_custom_object_status(
                                 GROUP, VERSION, namespace, plural, name, {"status": status},
                                 # The client's default for a dict is a JSON patch, which an
@@ -120,7 +151,7 @@ class Hub(Cluster):
 
     async def create_round(self, namespace: str, body: dict[str, Any]) -> bool:
         try:
-            await _timed(self.observe, "create", "federatedrounds",
+            await self._call("create", "federatedrounds",
                          lambda: self.custom.create_namespaced_custom_object(
                              GROUP, VERSION, namespace, "federatedrounds", body,
                              _preload_content=False))
@@ -131,6 +162,6 @@ class Hub(Cluster):
         return True
 
     async def get_secret(self, namespace: str, name: str) -> dict[str, Any]:
-        return await _timed(self.observe, "get", "secrets",
+        return await self._call("get", "secrets",
                             lambda: self.core.read_namespaced_secret(
                                 name, namespace, _preload_content=False))

@@ -11,6 +11,7 @@ import kopf
 
 from fedma_operator.handlers import OperatorConfig, build_registry
 from fedma_operator.jobs import JobSettings
+from fedma_operator.kube import DEFAULT_TIMEOUT_S
 from fedma_operator.metrics import serve
 
 
@@ -39,6 +40,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    default=float(os.environ.get("FEDMA_SILO_CLUSTER_GRACE", 60)),
                    help="seconds a silo's own cluster may be unreachable before its attempt "
                         "counts as failed")
+    p.add_argument("--api-timeout", type=float,
+                   default=float(os.environ.get("FEDMA_API_TIMEOUT", DEFAULT_TIMEOUT_S)),
+                   help="seconds one API call (hub or silo cluster) may take before it counts "
+                        "as unanswered")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     if not args.all_namespaces and not args.namespace:
@@ -58,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
                                      service_account=args.trainer_service_account,
                                      metrics_port=args.trainer_metrics_port),
                          interval_s=args.interval, cluster_grace_s=args.silo_cluster_grace,
-                         clusterwide=args.all_namespaces)
+                         clusterwide=args.all_namespaces, api_timeout_s=args.api_timeout)
     asyncio.run(kopf.operator(
         registry=build_registry(cfg), standalone=True, clusterwide=args.all_namespaces,
         namespaces=args.namespace, liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz",

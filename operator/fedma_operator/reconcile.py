@@ -298,8 +298,15 @@ class RoundReconciler:
                 events.append(("Warning", "SiloExcluded", f"silo {name}: {entry['reason']}"))
                 if self.metrics:
                     self.metrics.silo_excluded(spec.training_name, name)
-                if entry.get("jobState") == JobState.ACTIVE and clusters.get(name) is not None:
-                    await clusters[name].delete_job(entry["namespace"], entry["job"])  # type: ignore[union-attr]
+                cluster = clusters.get(name)
+                if entry.get("jobState") == JobState.ACTIVE and cluster is not None:
+                    try:
+                        await cluster.delete_job(entry["namespace"], entry["job"])
+                    except Exception as exc:  # the round goes on; the Job ends at its deadline
+                        why = getattr(exc, "reason", None) or exc
+                        events.append(("Warning", "JobDeleteFailed",
+                                       f"silo {name}: cannot delete Job {entry['job']} in "
+                                       f"{cluster.name}: {why}"))
                     entry["jobState"] = JobState.FAILED
             if phase == SiloPhase.SUCCEEDED and was != SiloPhase.SUCCEEDED and self.metrics:
                 self.metrics.silo_succeeded(spec.training_name, name, entry)

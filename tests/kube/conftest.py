@@ -6,7 +6,9 @@
   hub made as docs/deploy.md says;
 - ``operator``: the ``fedma-operator`` entrypoint as a process with the chart's ServiceAccount
   token (no admin, no test login handler), started once and shared; tests that kill it restart it.
-At most two clusters run at once (the brief's budget for 2 cores).
+At most two clusters run at once (the brief's budget for 2 cores): tests that start a cluster
+of their own (a module with ``OWN_CLUSTER = True``: the README install and the load test) run
+before any test that needs the silo cluster (``pytest_collection_modifyitems`` below).
 """
 
 from __future__ import annotations
@@ -34,11 +36,23 @@ SILO_NAMESPACE = "fedma-silo"  # in a silo's own cluster, as in the README
 HUB_SILO_NAMESPACE = "fedma-local-silo"
 HUB_VALUES: dict[str, Any] = {
     "role": "hub",
-    "operator": {"interval": 1, "siloClusterGrace": 8},
+    "operator": {"interval": 1, "siloClusterGrace": 8, "apiTimeout": 3},
     # Processes share one network namespace here; a fixed trainer port would collide.
     "trainer": {"metricsPort": 0},
 }
 POD_ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Move the kube tests that start a cluster of their own ahead of the other kube tests
+    (keeping every other test where it was), so that they never run while the session's silo
+    cluster is up: with the hub, that would be three clusters on two cores."""
+    slots = [i for i, item in enumerate(items) if item.get_closest_marker("kube")]
+    kube = [items[i] for i in slots]
+    own = [it for it in kube if getattr(it.module, "OWN_CLUSTER", False)]
+    rest = [it for it in kube if not getattr(it.module, "OWN_CLUSTER", False)]
+    for i, item in zip(slots, own + rest, strict=True):
+        items[i] = item
 
 
 @pytest.fixture(scope="session")

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import yaml
@@ -152,7 +153,10 @@ class ProcessKubelet:
             await asyncio.sleep(self.interval)
 
     async def sync(self) -> None:
-        status, body = await self.api.call("GET", "/api/v1/pods")
+        # Pods still to bind, start, run or kill; finished ones are the Job controller's (a
+        # terminal pod's deletion needs no kubelet), and listing them would grow with history.
+        status, body = await self.api.call("GET", "/api/v1/pods?fieldSelector=" + quote(
+            "status.phase!=Succeeded,status.phase!=Failed"))
         if status != 200:
             log.warning("list pods: %s %s", status, str(body)[:200])
             return

@@ -140,3 +140,22 @@ def test_the_charts_monitors_are_accepted_by_the_prometheus_operators_crds(hub, 
     res = hub.kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-",
                       input=yaml.safe_dump(bad), check=False)
     assert res.returncode != 0 and "endpointz" in res.stderr, res.stderr
+
+
+def test_monitors_without_the_prometheus_operator_crds_fail_the_install_cleanly(silo,
+                                                                                tmp_path):
+    """The silo cluster has no monitoring.coreos.com API: ``helm install`` with the PodMonitor
+    on fails before it applies anything, naming the value to change; nothing is left behind."""
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"role": "silo",
+                                      "monitoring": {"podMonitor": {"enabled": True}}}))
+    res = silo.helm("install", "mon", "charts/fedma", "-n", "fedma-mon", "--create-namespace",
+                    "--skip-crds", "-f", str(values), check=False)
+    assert res.returncode != 0
+    assert "monitoring.podMonitor.enabled=true" in res.stderr, res.stderr
+    assert "no PodMonitor API" in res.stderr, res.stderr
+    assert "mon" not in silo.helm("list", "-A", "-q").stdout.split()
+    left = silo.kubectl("get", "serviceaccounts,roles,rolebindings,networkpolicies,"
+                        "persistentvolumeclaims,secrets", "-A", "-l",
+                        "app.kubernetes.io/instance=mon", "-o", "name").stdout
+    assert left == "", left

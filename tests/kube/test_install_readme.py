@@ -33,6 +33,7 @@ from tests.kube.deployed import OperatorProcess, deployment_args, service_accoun
 from tests.kube.waiting import items, wait_until
 
 pytestmark = [pytest.mark.kube]
+OWN_CLUSTER = True  # starts a cluster of its own: runs before the silo cluster (conftest.py)
 
 
 def bash_block(doc: Path, after: str, containing: str = "") -> list[str]:

@@ -10,11 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import training_manifest
 from tests.faults.conftest import INJECT
+from tests.kube.blackhole import HangingProxy
 from tests.kube.conftest import SILO_NAMESPACE
-from tests.kube.deployed import NAMESPACE, OPERATOR_USER
+from tests.kube.deployed import NAMESPACE, OPERATOR_USER, silo_kubeconfig
 from tests.kube.waiting import apply, fedma_path, finished_training, get, items, phase, wait_until
 
 pytestmark = [pytest.mark.kube]
@@ -170,6 +172,42 @@ def test_a_stopped_silo_apiserver_excludes_its_silo_after_the_grace(hub, silo, o
     assert "silo-a-kubeconfig" in st["silos"]["silo-2"]["reason"], st["silos"]["silo-2"]
     assert st["aggregation"]["included"] == {"silo-1": st["silos"]["silo-1"]["update"]["digest"]}
     delete_training(hub, "down")
+
+
+@pytest.mark.faults
+def test_a_silo_endpoint_that_never_answers_is_excluded_after_the_grace(
+        hub, silo, operator, tmp_path, tiny_models):
+    """The silo cluster's endpoint keeps accepting connections but stops answering (a proxy
+    in front of its apiserver holds every byte): each call costs the operator's API timeout,
+    then the grace and the exclusion run as for a refused connection."""
+    proxy = HangingProxy(("127.0.0.1", silo.port))
+    cfg = yaml.safe_load(silo_kubeconfig(silo, "silo-a", SILO_NAMESPACE))
+    cfg["clusters"][0]["cluster"]["server"] = proxy.address
+    kubeconfig = tmp_path / "proxied.kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(cfg))
+    hub.kubectl("-n", NAMESPACE, "create", "secret", "generic", "silo-a-proxied",
+                f"--from-file=kubeconfig={kubeconfig}")
+    manifest = one_round(tmp_path, tiny_models, "mute", minSilos=1)
+    manifest["spec"]["silos"][1].update(kubeconfigSecret="silo-a-proxied",
+                                        namespace=SILO_NAMESPACE)
+    marker = tmp_path / "hung"
+    try:
+        with silo.pod_env(PYTHONPATH=str(INJECT), FEDMA_FAULT=f"hang:silo-2:{marker}"):
+            apply(hub, manifest)
+            wait_until(marker.exists, 90, "the remote silo to start")
+        assert proxy.accepted >= 1  # the operator reached the silo cluster through the proxy
+        proxy.hang()
+        obj = finished_training(hub, "mute", operator, timeout=180)
+        st = round_status(hub, "mute")
+    finally:
+        proxy.close()
+    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    remote = st["silos"]["silo-2"]
+    assert remote["phase"] == "Excluded", remote
+    assert "no answer within" in remote["reason"], remote
+    assert st["aggregation"]["included"] == {"silo-1": st["silos"]["silo-1"]["update"]["digest"]}
+    delete_training(hub, "mute")
+    hub.kubectl("-n", NAMESPACE, "delete", "secret", "silo-a-proxied")
 
 
 @pytest.mark.faults

@@ -61,3 +61,20 @@ privileged: false
 capabilities:
   drop: [ALL]
 {{- end -}}
+
+{{/*
+A monitor (ServiceMonitor, PodMonitor, PrometheusRule) needs the prometheus-operator's CRDs in
+the cluster; without them the apiserver would refuse it after the other objects were created
+(a half-install). Against a cluster (helm install / upgrade, helm template --validate) the
+chart refuses before anything is applied, naming the value that asks for it. Offline (helm
+template, helm lint) it cannot know the cluster's APIs and renders the monitor: Helm's built-in
+API list lacks apiregistration.k8s.io/v1, which every kube-apiserver serves, so its presence
+says the list came from a cluster's discovery.
+Call with (dict "ctx" . "kind" "ServiceMonitor" "value" "monitoring.serviceMonitor.enabled").
+*/}}
+{{- define "fedma.requireMonitoringAPI" -}}
+{{- $apis := .ctx.Capabilities.APIVersions -}}
+{{- if and ($apis.Has "apiregistration.k8s.io/v1") (not ($apis.Has (printf "monitoring.coreos.com/v1/%s" .kind))) -}}
+{{- fail (printf "%s=true, but this cluster has no %s API (monitoring.coreos.com/v1): install the prometheus-operator CRDs first (e.g. kube-prometheus-stack) or set %s=false" .value .kind .value) -}}
+{{- end -}}
+{{- end -}}

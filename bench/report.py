@@ -219,8 +219,8 @@ def load_section(lines: list[str]) -> None:
                   " |",
                   f"| operator requests per round | {det['requests_per_round']:.0f} (minimum "
                   f"{det['requests_minimum_per_round']}, "
-                  f"{det['requests_per_round'] / det['requests_minimum_per_round']:.2f}×); "
-                  f"per round: {kinds} |",
+                  f"{det['requests_per_round'] / det['requests_minimum_per_round']:.2f}×) "
+                  f"and {det['events_per_round']:.0f} Events; per round: {kinds} |",
                   f"| operator RSS, first → last completed round | {rss} "
                   f"({det['rss_growth_mib']:+.1f} MiB) |",
                   f"| apiserver CPU, whole run incl. start-up | "

@@ -9,7 +9,6 @@ run against the live Prometheus).
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +56,6 @@ def notes(chart: helm.Chart, values: dict[str, Any]) -> str:
 
 def example_values(role: str) -> dict[str, Any]:
     return yaml.safe_load((ROOT / "examples" / f"values-{role}.yaml").read_text())
-
-
-def api_calls() -> list[dict[str, Any]]:
-    return json.loads((ROOT / "tests" / "artifacts" / "api-calls.json").read_text())
 
 
 def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:

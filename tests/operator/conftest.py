@@ -34,12 +34,11 @@ from kubernetes_asyncio import client
 from fedma_operator.handlers import OperatorConfig, build_registry
 from fedma_operator.jobs import JobSettings
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 CRD_RESOURCES = {
     "fedma.io/v1alpha1/federatedtrainings": ("FederatedTraining", "federatedtraining"),
     "fedma.io/v1alpha1/federatedrounds": ("FederatedRound", "federatedround"),
 }
-TEST_AGENT = "fedma-tests"  # the tests' own requests are left out of the recorded API calls
+TEST_AGENT = "fedma-tests"  # the tests' own requests, told apart from the operator's
 VERBS = {"list", "watch", "get", "create", "update", "patch", "delete"}
 
 
@@ -166,7 +165,6 @@ async def operator(k8s: Any) -> AsyncIterator[OperatorHandle]:
         yield handle
     finally:
         await handle.stop()
-        record_api_calls(k8s)
 
 
 class Api:
@@ -330,48 +328,3 @@ async def wait_for(predicate, timeout: float = 20.0, step: float = 0.1, what: st
             return last
         await asyncio.sleep(step)
     raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
-
-
-_CALLS: set[tuple[str, str, str, bool, str]] = set()
-
-
-def record_api_calls(k: Any, cluster: str = "hub") -> None:
-    """Every request the operator made, as (verb, group, resource, namespaced, cluster), for
-    the chart's RBAC: ``hub`` is the operator's own cluster, ``silo`` one reached through a
-    kubeconfig Secret."""
-    for req in list(k):  # kmock iterates over the requests it served
-        res = getattr(req, "resource", None)
-        if res is None or not res.plural or getattr(req, "action", None) is None:
-            continue
-        if TEST_AGENT in str((getattr(req, "headers", None) or {}).get("User-Agent", "")):
-            continue
-        verb = {"LIST": "list", "WATCH": "watch", "FETCH": "get", "CREATE": "create",
-                "UPDATE": "patch", "DELETE": "delete"}.get(req.action.value, req.action.value)
-        if req.action.value == "UPDATE" and str(getattr(req, "method", "")).upper() == "PUT":
-            verb = "update"
-        resource = res.plural + (f"/{req.subresource}" if getattr(req, "subresource", None)
-                                 else "")
-        _CALLS.add((verb, res.group or "", resource, bool(req.namespace), cluster))
-
-
-def _whole_operator_suite(session: Any) -> bool:
-    """Only a run of every operator test may rewrite the record (a subset would drop verbs)."""
-    opt = session.config.option
-    if getattr(opt, "keyword", "") or getattr(opt, "markexpr", "") or getattr(opt, "lf", False):
-        return False
-    root = Path(str(session.config.rootpath))
-    for arg in session.config.args or ["."]:
-        path = (root / arg.split("::")[0]).resolve()
-        if "::" in arg or not path.is_dir() or not (ARTIFACTS.parent / "operator").resolve(
-                ).is_relative_to(path):
-            return False
-    return True
-
-
-def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
-    if _CALLS and exitstatus == 0 and _whole_operator_suite(session):
-        ARTIFACTS.mkdir(exist_ok=True)
-        (ARTIFACTS / "api-calls.json").write_text(json.dumps(
-            [{"verb": v, "group": g, "resource": r, "namespaced": n, "cluster": c}
-             for v, g, r, n, c in sorted(_CALLS, key=lambda t: (t[4], *t[:4]))], indent=1)
-            + "\n")

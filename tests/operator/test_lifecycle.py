@@ -264,12 +264,7 @@ async def test_silo_in_its_own_cluster_through_a_kubeconfig_secret(k8s, operator
     """Two API servers: the hub, and silo-2's own cluster reached with a kubeconfig Secret."""
     import kmock
 
-    from tests.operator.conftest import (
-        Emulator,
-        create_kubeconfig_secret,
-        declare,
-        record_api_calls,
-    )
+    from tests.operator.conftest import Emulator, create_kubeconfig_secret, declare
 
     async with Emulator() as remote, kmock.Server(remote):
         declare(remote)
@@ -300,7 +295,6 @@ async def test_silo_in_its_own_cluster_through_a_kubeconfig_secret(k8s, operator
         await ctl.finish(agg[0], True, agg_summary())
         st = (await wait_for(lambda: phase_is(api, "Succeeded")))["status"]
         assert st["silos"]["silo-2"]["cluster"] == "secret:silo-2-kubeconfig"
-        record_api_calls(remote, "silo")  # what the silo chart's Role must allow
 
 
 async def _remote_jobs(ctl: JobController):
@@ -325,7 +319,7 @@ async def test_a_finished_job_is_acted_on_at_once_not_at_the_next_poll(k8s):
     """The reconcile interval is only the safety net: Job events wake the round's loop."""
     import time
 
-    from tests.operator.conftest import OperatorHandle, record_api_calls
+    from tests.operator.conftest import OperatorHandle
 
     handle = OperatorHandle(k8s, interval=60.0)
     await handle.start()
@@ -343,4 +337,3 @@ async def test_a_finished_job_is_acted_on_at_once_not_at_the_next_poll(k8s):
         assert time.perf_counter() - t0 < 10
     finally:
         await handle.stop()
-        record_api_calls(k8s)

@@ -40,9 +40,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/comm.py --out bench/results
 	$(BIN)/python bench/report.py
 
-# Load (3 trainings × 100 silos × 5 rounds through one operator) and a 50-round soak (~7 min).
+# Load (3 trainings × 100 silos × 5 rounds through one operator on the real control plane
+# of tests/kube, built first) and a 50-round soak.
 bench-load: $(STAMP)
-	$(BIN)/python bench/load.py --out bench/results
+	kube_bin="$$(bash tests/kube/build.sh)" && FEDMA_KUBE_BIN="$$kube_bin" $(BIN)/python bench/load.py --out bench/results
 	$(BIN)/python bench/soak.py --out bench/results
 	$(BIN)/python bench/report.py
 

@@ -2,7 +2,8 @@
 container runtime of one Node, so that the real Job controller, garbage collector and admission
 of a test control plane do their real work.
 
-It registers a Node, binds Pending pods to it (the scheduler's part), and runs each container's
+It registers a Node, lists and then watches the pods not yet finished, binds Pending pods to
+it (the scheduler's part), and runs each container's
 ``command + args`` as a local process (the image is not pulled: the command must exist on this
 machine's PATH, e.g. the venv's ``fedma``), with:
 
@@ -41,7 +42,7 @@ import signal
 import ssl
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -86,8 +87,8 @@ class Api:
 
     async def call(self, method: str, path: str, body: Any = None,
                    content_type: str = "application/json") -> tuple[int, Any]:
-        if self.session is None:
-            self.session = aiohttp.ClientSession()
+        if self.session is None:  # a watch event is one line, as long as its pod
+            self.session = aiohttp.ClientSession(read_bufsize=1 << 24)
         async with self.session.request(
                 method, self.server + path, ssl=self.ssl,
                 data=json.dumps(body) if body is not None else None,
@@ -98,6 +99,19 @@ class Api:
                 return r.status, json.loads(text) if text else None
             except ValueError:
                 return r.status, text
+
+    async def stream(self, path: str, timeout: float) -> AsyncIterator[dict[str, Any]]:
+        """A watch: one JSON event per line until the server ends it."""
+        if self.session is None:  # a watch event is one line, as long as its pod
+            self.session = aiohttp.ClientSession(read_bufsize=1 << 24)
+        async with self.session.get(self.server + path, ssl=self.ssl, headers=self.headers,
+                                    timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+            if r.status != 200:
+                log.warning("watch: %s %s", r.status, (await r.text())[:200])
+                return
+            async for line in r.content:
+                if line.strip():
+                    yield json.loads(line)
 
 
 @dataclass
@@ -143,52 +157,85 @@ class ProcessKubelet:
                             "application/merge-patch+json")
 
     # -- the loop ------------------------------------------------------------------------------
-    async def run(self) -> None:
-        await self.register()
-        while True:
-            try:
-                await self.sync()
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                log.warning("apiserver: %s", exc)  # a restarted apiserver: try again
-            await asyncio.sleep(self.interval)
+    # Pods still to bind, start, run or kill; finished ones are the Job controller's (a terminal
+    # pod's deletion needs no kubelet), and listing them would grow with history.
+    SELECTOR = "fieldSelector=" + quote("status.phase!=Succeeded,status.phase!=Failed")
+    WATCH_S = 30
 
-    async def sync(self) -> None:
-        # Pods still to bind, start, run or kill; finished ones are the Job controller's (a
-        # terminal pod's deletion needs no kubelet), and listing them would grow with history.
-        status, body = await self.api.call("GET", "/api/v1/pods?fieldSelector=" + quote(
-            "status.phase!=Succeeded,status.phase!=Failed"))
+    async def run(self) -> None:
+        """List, then watch from the list's resourceVersion (as a kubelet does: polling the
+        list would cost the apiserver the whole pod list several times a second); relist when
+        the watch ends or fails. Pods that could not be configured are retried on a clock."""
+        await self.register()
+        retry = asyncio.create_task(self.retry_config_errors())
+        try:
+            while True:
+                try:
+                    version = await self.sync()
+                    if version:
+                        await self.watch(version)
+                except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+                    log.warning("apiserver: %s", exc)  # a restarted apiserver: try again
+                await asyncio.sleep(self.interval)
+        finally:
+            retry.cancel()
+
+    async def sync(self) -> str:
+        """One pass over every pod; returns the list's resourceVersion ("" if it failed)."""
+        status, body = await self.api.call("GET", f"/api/v1/pods?{self.SELECTOR}")
         if status != 200:
             log.warning("list pods: %s %s", status, str(body)[:200])
-            return
+            return ""
         seen = set()
         for pod in body.get("items", []):
-            meta, spec = pod["metadata"], pod["spec"]
-            uid = meta["uid"]
-            seen.add(uid)
-            node = spec.get("nodeName")
-            if not node:
-                await self.bind(pod)
-                continue
-            if node != self.node:
-                continue
-            running = self.pods.get(uid)
-            if meta.get("deletionTimestamp"):
-                if running is None or not running.deleting:
-                    running = running or self.pods.setdefault(uid, Running(pod, self._dir(pod)))
-                    running.deleting = True
-                    running.deleter = asyncio.create_task(self.delete(running))
-                continue
-            phase = (pod.get("status") or {}).get("phase")
-            if running is None and phase in (None, "Pending"):
-                running = self.pods[uid] = Running(pod, self._dir(pod))
-                running.task = asyncio.create_task(self.start(running))
-            elif (running is not None and running.task is not None and running.task.done()
-                  and running.config_error):
-                running.config_error = False
-                # A container that could not be configured (a missing Secret): try again.
-                running.task = asyncio.create_task(self.start(running))
+            seen.add(pod["metadata"]["uid"])
+            await self.handle(pod)
         for uid in set(self.pods) - seen:
             self.pods.pop(uid)
+        return str((body.get("metadata") or {}).get("resourceVersion") or "")
+
+    async def watch(self, version: str) -> None:
+        path = (f"/api/v1/pods?{self.SELECTOR}&watch=1&resourceVersion={version}"
+                f"&timeoutSeconds={self.WATCH_S}")
+        async for event in self.api.stream(path, self.WATCH_S + 15):
+            kind, pod = event.get("type"), event.get("object") or {}
+            if kind == "ERROR":  # e.g. 410 Gone: the version is too old; relist
+                return
+            if kind == "DELETED":  # deleted, or no longer selected (it finished)
+                self.pods.pop(pod.get("metadata", {}).get("uid", ""), None)
+            elif kind in ("ADDED", "MODIFIED"):
+                await self.handle(pod)
+
+    async def handle(self, pod: dict[str, Any]) -> None:
+        meta, spec = pod["metadata"], pod["spec"]
+        uid = meta["uid"]
+        node = spec.get("nodeName")
+        if not node:
+            await self.bind(pod)
+            return
+        if node != self.node:
+            return
+        running = self.pods.get(uid)
+        if meta.get("deletionTimestamp"):
+            if running is None or not running.deleting:
+                running = running or self.pods.setdefault(uid, Running(pod, self._dir(pod)))
+                running.deleting = True
+                running.deleter = asyncio.create_task(self.delete(running))
+            return
+        phase = (pod.get("status") or {}).get("phase")
+        if running is None and phase in (None, "Pending"):
+            running = self.pods[uid] = Running(pod, self._dir(pod))
+            running.task = asyncio.create_task(self.start(running))
+
+    async def retry_config_errors(self) -> None:
+        """A container that could not be configured (a missing Secret): try again."""
+        while True:
+            await asyncio.sleep(self.interval)
+            for running in list(self.pods.values()):
+                if (running.task is not None and running.task.done() and running.config_error
+                        and not running.deleting):
+                    running.config_error = False
+                    running.task = asyncio.create_task(self.start(running))
 
     def _dir(self, pod: dict[str, Any]) -> Path:
         d = self.root / "pods" / pod["metadata"]["uid"]

@@ -41,12 +41,15 @@ def requests_of(cp, username: str) -> list[dict[str, Any]]:
 
 
 def denied(cp, events: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """Requests RBAC refused. Left out: those while the apiserver restarted (test_lifecycle
-    restarts the hub's): a fresh apiserver authorizes before its RBAC cache has synced and
-    refuses for a moment what the chart grants; the operator retries."""
+    """Requests RBAC refused (the audit record's authorization decision is "forbid"; a 403
+    from admission, e.g. a create in a namespace being deleted, was authorized). Left out:
+    those while the apiserver restarted (test_lifecycle restarts the hub's): a fresh apiserver
+    authorizes before its RBAC cache has synced and refuses for a moment what the chart
+    grants; the operator retries."""
     out = []
     for e in events:
-        if (e.get("responseStatus") or {}).get("code") != 403:
+        decision = (e.get("annotations") or {}).get("authorization.k8s.io/decision")
+        if (e.get("responseStatus") or {}).get("code") != 403 or decision != "forbid":
             continue
         at = datetime.fromisoformat(e["requestReceivedTimestamp"].replace("Z", "+00:00"))
         if not cp.restarting(at.timestamp()):

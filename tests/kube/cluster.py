@@ -193,7 +193,10 @@ class ControlPlane:
             f"--service-account-private-key-file={self.pki.sa_key}",
             f"--root-ca-file={self.pki.ca}", "--use-service-account-credentials=true",
             "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
-            "--concurrent-job-syncs=10", "--concurrent-gc-syncs=10", "--v=0"])
+            "--concurrent-job-syncs=10", "--concurrent-gc-syncs=10",
+            # Its client's default, 20 requests/s, paces a Job's pod create and status writes:
+            # 300 Jobs at once (the load test) would wait on it, not on the operator.
+            "--kube-api-qps=500", "--kube-api-burst=1000", "--v=0"])
 
     def wait_ready(self, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout

@@ -90,7 +90,16 @@ def readme_hub(hub, tmp_path_factory):
         cp.stop()
 
 
-def test_the_readmes_install_commands_work_verbatim(hub, readme_hub, tmp_path):
+@pytest.fixture
+def short_store_retry(hub, readme_hub):
+    """The trainers retry an unreachable store for $FEDMA_STORE_RETRY_S (120 s by default)
+    before they give up; a few seconds show the same failure."""
+    with hub.pod_env(FEDMA_STORE_RETRY_S="5"), readme_hub.pod_env(FEDMA_STORE_RETRY_S="5"):
+        yield
+
+
+def test_the_readmes_install_commands_work_verbatim(hub, readme_hub, short_store_retry,
+                                                    tmp_path):
     crds = readme_hub.bin.parent / "crds" / "monitoring"
     for cp in (readme_hub, hub):  # what kube-prometheus-stack would have installed
         cp.kubectl("apply", "--server-side", "-f", str(crds))

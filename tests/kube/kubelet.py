@@ -55,6 +55,7 @@ import yaml
 log = logging.getLogger("process-kubelet")
 MESSAGE_LIMIT = 4096
 FALLBACK_LINES, FALLBACK_BYTES = 80, 2048
+STATUS_TRIES = 240  # 0.5 s apart: a pod's status outlives a two-minute apiserver outage
 
 
 def now() -> str:
@@ -277,11 +278,22 @@ class ProcessKubelet:
                                {"type": "ContainersReady", "status": ready},
                                {"type": "Ready", "status": ready}],
                            **(extra or {})}}
-        status, out = await self.api.call(
-            "PATCH", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status",
-            body, "application/merge-patch+json")
-        if status != 200 and status != 404:
+        path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status"
+        for _ in range(STATUS_TRIES):  # an apiserver restarting must not lose a pod's outcome
+            try:
+                status, out = await self.api.call("PATCH", path, body,
+                                                  "application/merge-patch+json")
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                log.warning("pod status %s/%s: %s; retrying", meta["namespace"], meta["name"],
+                            exc)
+                await asyncio.sleep(0.5)
+                continue
+            if status in (200, 404):
+                return
             log.warning("pod status %s/%s: %s %s", meta["namespace"], meta["name"], status, out)
+            if status < 500 and status not in (403, 429):  # 403: a fresh apiserver's RBAC
+                return
+            await asyncio.sleep(0.5)
 
     async def start(self, running: Running) -> None:
         pod = running.pod

@@ -201,27 +201,6 @@ async def test_spec_change_after_start_is_refused_not_applied(k8s, operator):
     assert not await ctl.jobs(role="aggregate")
 
 
-async def test_operator_restart_mid_round_adopts_jobs_and_completes(k8s, operator):
-    api, ctl = Api(k8s), JobController(Api(k8s))
-    await api.create(rounds_path(), round_body())
-    await wait_for(lambda: _n_jobs(ctl, 3, role="silo"), what="3 silo Jobs")
-    await wait_for(lambda: phase_is(api, "Training"))
-    await operator.stop()
-    await _finish_all(ctl, api)  # silos finish while the operator is down
-    await operator.start()
-    agg = await wait_for(lambda: _n_jobs(ctl, 1, role="aggregate"), what="aggregation Job")
-    await operator.stop()
-    await operator.start()
-    await ctl.finish(agg[0], True, agg_summary())
-    await wait_for(lambda: phase_is(api, "Succeeded"), what="Succeeded")
-    assert len(await ctl.jobs(role="silo")) == 3 and len(await ctl.jobs(role="aggregate")) == 1
-    creates = [r for r in k8s if getattr(r, "action", None) is not None
-               and r.action.value == "CREATE" and r.resource is not None
-               and r.resource.plural == "jobs"]
-    # Every create reached the server once per Job: no duplicate (even a 409) was needed.
-    assert len(creates) == 4
-
-
 async def test_training_chains_three_rounds(k8s, operator):
     api, ctl = Api(k8s), JobController(Api(k8s))
     body = round_body()

@@ -39,10 +39,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fedma_operator.jobs import LABEL  # noqa: E402
 from tests.kube.deployed import NAMESPACE, OPERATOR_USER  # noqa: E402
-
-DIGEST = "ab" * 32
-LABEL = "fedma.io"
+from tests.operator.test_lifecycle import round_body, silo_summary  # noqa: E402
 
 
 def message(pod: dict[str, Any]) -> str:
@@ -50,28 +49,20 @@ def message(pod: dict[str, Any]) -> str:
     URI + sha256) or the aggregator's (global projector URI + sha256), from the pod's labels."""
     lbl = pod["metadata"]["labels"]
     training, rnd = lbl[f"{LABEL}/training"], int(lbl[f"{LABEL}/round"])
-    base = f"s3://fedma/runs/{training}/round-{rnd:04d}"
     if lbl[f"{LABEL}/role"] == "silo":
-        silo = lbl[f"{LABEL}/silo"]
-        return json.dumps({"silo": silo, "round": rnd, "status": "Succeeded", "samples": 64,
-                           "steps": 4, "loss": 1.5, "seconds": 2.0, "update": {
-                               "uri": f"{base}/silos/{silo}/update.safetensors",
-                               "digest": DIGEST}})
+        return json.dumps(silo_summary(lbl[f"{LABEL}/silo"], rnd))
     return json.dumps({"round": rnd, "status": "Succeeded", "loss": 1.0, "samples": 64,
                        "server_state": None, "rejected": {},
-                       "output": {"uri": f"{base}/global.safetensors", "digest": f"{rnd:064x}"}})
+                       "output": {"uri": f"s3://fedma/runs/{training}/round-{rnd:04d}/"
+                                         "global.safetensors", "digest": f"{rnd:064x}"}})
 
 
 def training_body(name: str, silos: int, rounds: int) -> dict[str, Any]:
+    spec = {k: v for k, v in round_body(silos=silos)["spec"].items()
+            if k not in ("trainingName", "round", "totalRounds")}
     return {"apiVersion": "fedma.io/v1alpha1", "kind": "FederatedTraining",
             "metadata": {"name": name, "namespace": NAMESPACE},
-            "spec": {"rounds": rounds,
-                     "model": {"vision": {"path": "/models/vision"},
-                               "languageModel": {"path": "/models/lm"}},
-                     "silos": [{"name": f"silo-{i + 1}", "data": {"path": f"/data/{i + 1}.jsonl"}}
-                               for i in range(silos)],
-                     "aggregation": {"deadlineSeconds": 600},
-                     "artifacts": {"uri": "s3://fedma/runs"}}}
+            "spec": {**spec, "rounds": rounds}}
 
 
 class ProcStat:

@@ -86,11 +86,14 @@ class Api:
             headers["Authorization"] = f"Bearer {user['token']}"
         return cls(cluster["server"], ctx, headers)
 
-    async def call(self, method: str, path: str, body: Any = None,
-                   content_type: str = "application/json") -> tuple[int, Any]:
+    def _session(self) -> aiohttp.ClientSession:
         if self.session is None:  # a watch event is one line, as long as its pod
             self.session = aiohttp.ClientSession(read_bufsize=1 << 24)
-        async with self.session.request(
+        return self.session
+
+    async def call(self, method: str, path: str, body: Any = None,
+                   content_type: str = "application/json") -> tuple[int, Any]:
+        async with self._session().request(
                 method, self.server + path, ssl=self.ssl,
                 data=json.dumps(body) if body is not None else None,
                 headers={**self.headers, "Content-Type": content_type},
@@ -103,9 +106,7 @@ class Api:
 
     async def stream(self, path: str, timeout: float) -> AsyncIterator[dict[str, Any]]:
         """A watch: one JSON event per line until the server ends it."""
-        if self.session is None:  # a watch event is one line, as long as its pod
-            self.session = aiohttp.ClientSession(read_bufsize=1 << 24)
-        async with self.session.get(self.server + path, ssl=self.ssl, headers=self.headers,
+        async with self._session().get(self.server + path, ssl=self.ssl, headers=self.headers,
                                     timeout=aiohttp.ClientTimeout(total=timeout)) as r:
             if r.status != 200:
                 log.warning("watch: %s %s", r.status, (await r.text())[:200])

@@ -44,6 +44,15 @@ from tests.kube.deployed import NAMESPACE, OPERATOR_USER  # noqa: E402
 from tests.operator.test_lifecycle import round_body, silo_summary  # noqa: E402
 
 
+def minimum_requests(silos: int) -> int:
+    """What one round of ``silos`` silos needs at least (Events left out: informational):
+    N silo Job creates and 1 aggregation Job create; the round's file created and removed
+    (one ConfigMap, all silos in one namespace); one Job list and one pod list to see the
+    silos finish and the same for the aggregation; 3 status writes (Training, Aggregating,
+    Succeeded)."""
+    return silos + 10
+
+
 def message(pod: dict[str, Any]) -> str:
     """The termination message the fast kubelet leaves for ``pod``: a silo's summary (update
     URI + sha256) or the aggregator's (global projector URI + sha256), from the pod's labels."""
@@ -207,9 +216,7 @@ def report(args: argparse.Namespace, run: dict[str, Any]) -> int:
                                   for v, r, s, _, _ in run["requests"])
     rounds_total = args.trainings * args.rounds
     rounds_done = max(1, run["completed_rounds"])
-    # bench/operator.py's minimum per round (creates, lists, status writes), which leaves
-    # Events out (informational); they are counted apart.
-    minimum = args.silos + 8
+    minimum = minimum_requests(args.silos)  # Events are counted apart
     events = sum(1 for _, res, _, _, _ in run["requests"] if res == "events")
     per_round = (len(run["requests"]) - events) / rounds_done
     rss = [m for _, _, m in run["samples"]]

@@ -6,10 +6,8 @@ emulated API server; the Job controller of tests/operator finishes each silo Job
 it sees it (every 50 ms). What is counted:
 
 - requests: every request the operator sent while the round ran (kmock's request log, minus
-  the benchmark's own), against the minimum this design needs: N silo Job creates, 1
-  aggregation Job create, one Job list and one pod list to see the silos finish and the same
-  for the aggregation, and 3 status writes (Training, Aggregating, Succeeded): N + 8.
-  (Events are left out of both: they are informational.)
+  the benchmark's own), against the minimum this design needs (bench/load.py's
+  ``minimum_requests``; Events are left out of both: they are informational).
 - latency: from the controller marking a Job Complete to the operator's next action on the
   round (the aggregation Job created after the last silo Job; the round Succeeded after the
   aggregation Job), p50/p95 over rounds.
@@ -37,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 import kmock  # noqa: E402
 
+from bench.load import minimum_requests  # noqa: E402
 from fedma_operator.jobs import JobSettings  # noqa: E402
 from tests.operator.conftest import (  # noqa: E402
     TEST_AGENT,
@@ -134,7 +133,7 @@ async def bench(silos: int, rounds: int, interval: float) -> dict[str, Any]:
     latencies.sort()
     p95 = latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))]
     return {"silos": silos, "rounds": rounds, "interval_s": interval,
-            "requests_per_round": statistics.median(requests), "minimum": silos + 8,
+            "requests_per_round": statistics.median(requests), "minimum": minimum_requests(silos),
             "latency_p50_s": statistics.median(latencies), "latency_p95_s": p95,
             "cpu_s_per_round": statistics.median(cpu), "wall_s_per_round": statistics.median(wall),
             "requests_by_kind_all_rounds": by_kind}

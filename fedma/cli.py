@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import yaml
 from rich.console import Console
 
-from fedma.spec import FederatedRound, FederatedTraining, SpecError, load, parse
+from fedma import roundref
+from fedma.spec import FederatedRound, FederatedTraining, SpecError, load
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Federated alignment pre-training of multimodal LLM projectors.")
@@ -48,24 +48,16 @@ def _load_kind(path: Path, kind: type) -> FederatedTraining | FederatedRound:
     return obj
 
 
-ROUND_ENV = "FEDMA_ROUND"
-
-
 def _load_round(path: Path | None) -> FederatedRound:
-    """From ``--round FILE``, else from ``$FEDMA_ROUND`` (how the operator hands a Job its
-    round: no ConfigMap to create in a silo cluster, nothing to read back from the hub)."""
+    """From ``--round FILE`` (YAML), else the file the operator mounts into a Job
+    (``$FEDMA_ROUND_FILE``, checked against ``$FEDMA_ROUND_SHA256``; fedma.roundref)."""
     if path is not None:
         return _load_kind(path, FederatedRound)  # type: ignore[return-value]
-    text = os.environ.get(ROUND_ENV)
-    if not text:
-        raise SpecError("--round", [("(option)", f"give --round FILE or set ${ROUND_ENV}")])
-    try:
-        obj = parse(yaml.safe_load(text), source=f"${ROUND_ENV}")
-    except yaml.YAMLError as exc:
-        raise SpecError(f"${ROUND_ENV}", [("(yaml)", str(exc).replace("\n", " "))]) from None
-    if not isinstance(obj, FederatedRound):
-        raise SpecError(f"${ROUND_ENV}", [("kind", f"expected FederatedRound, got {obj.kind}")])
-    return obj
+    rnd = roundref.from_environment()
+    if rnd is None:
+        raise SpecError("--round", [("(option)", f"give --round FILE or set "
+                                                 f"${roundref.FILE_ENV}")])
+    return rnd
 
 
 def _offline() -> None:
@@ -148,7 +140,7 @@ def demo(out: Annotated[Path, typer.Option(help="where data, store and report go
 def train_silo(
     silo: Annotated[str, typer.Option(help="the silo this Job trains for")],
     round_file: Annotated[Path | None, typer.Option(
-        "--round", help="FederatedRound YAML (default: $FEDMA_ROUND)")] = None,
+        "--round", help="FederatedRound YAML (default: $FEDMA_ROUND_FILE)")] = None,
     termination_log: Annotated[str | None, typer.Option(
         envvar="FEDMA_TERMINATION_LOG", help="where to write the JSON summary "
         "(Kubernetes: /dev/termination-log)")] = None,
@@ -176,7 +168,7 @@ def train_silo(
 def aggregate(
     include: Annotated[list[str], typer.Option(help="SILO=SHA256 of an accepted update")],
     round_file: Annotated[Path | None, typer.Option(
-        "--round", help="FederatedRound YAML (default: $FEDMA_ROUND)")] = None,
+        "--round", help="FederatedRound YAML (default: $FEDMA_ROUND_FILE)")] = None,
     summary_out: Annotated[Path | None, typer.Option(help="also write the summary here")] = None,
     termination_log: Annotated[str | None, typer.Option(
         envvar="FEDMA_TERMINATION_LOG", help="where to write the JSON summary "
@@ -206,7 +198,7 @@ def aggregate(
     if termination_log:
         from fedma.train.silo import write_termination
 
-        write_termination(termination_log, summary)
+        write_termination(termination_log, summary, sorted(included))
     if summary_out:
         tmp = summary_out.with_suffix(".tmp")
         tmp.write_text(text)

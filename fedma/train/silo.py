@@ -10,11 +10,9 @@ projector (a Job that crashed after uploading, then retried), it re-reports it a
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,25 +23,10 @@ from fedma.model.projector import load_projector_state, projector_state
 from fedma.spec import FederatedRound
 from fedma.store import ArtifactError, Store, global_rel, update_rel
 from fedma.telemetry import TrainerMetrics, metrics_port
+from fedma.termination import write as write_termination
 from fedma.train.batches import batches, round_shard, silo_records, stable_seed
 
 log = logging.getLogger("fedma.train")
-TERMINATION_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
-
-
-def write_termination(path: str | None, summary: dict[str, Any]) -> None:
-    if not path:
-        return
-    text = json.dumps(summary, separators=(",", ":"), sort_keys=True)
-    if len(text.encode()) > TERMINATION_LIMIT:
-        # What the operator acts on; the rest (reports, partition details) is in the store.
-        keep = {k: summary[k] for k in ("silo", "round", "status", "reason", "update", "output",
-                                         "server_state", "samples", "steps", "loss", "included")
-                if k in summary}
-        text = json.dumps(keep, separators=(",", ":"))[:TERMINATION_LIMIT]
-    Path(path).write_text(text)
-
-
 def load_input(store: Store, rnd: FederatedRound) -> tuple[dict[str, torch.Tensor] | None, str]:
     ref = rnd.spec.input
     if ref is None:

@@ -36,6 +36,7 @@ from fedma_operator.reconcile import Outcome, RoundReconciler
 from fedma_operator.training import TrainingReconciler
 
 log = logging.getLogger("fedma.operator")
+MANAGED = "app.kubernetes.io/managed-by=fedma-operator"  # the label every fedma Job carries
 ApiFactory = Callable[[], Awaitable[client.ApiClient]]
 
 
@@ -96,6 +97,9 @@ def build_registry(cfg: OperatorConfig, api_factory: ApiFactory = default_api,
             prefix="fedma.io", key="last-handled-configuration")
         settings.posting.level = logging.WARNING
         settings.scanning.disabled = not cfg.clusterwide
+        # The Job watch selects our Jobs server-side: a cluster's other Jobs (and their
+        # every status change) never reach the operator, rather than arriving to be dropped.
+        settings.watching.label_selectors["batch", "jobs"] = MANAGED
         api = await api_factory()
         hub = Hub(api, metrics.observe_api, cfg.api_timeout_s)
         pool = ClusterPool(hub)
@@ -177,8 +181,7 @@ def build_registry(cfg: OperatorConfig, api_factory: ApiFactory = default_api,
 
         await loop("FederatedTraining", "federatedtrainings", body, stopped, go)
 
-    @kopf.on.event("batch", "v1", "jobs", registry=registry,
-                   labels={"app.kubernetes.io/managed-by": "fedma-operator"})
+    @kopf.on.event("batch", "v1", "jobs", registry=registry)
     async def job_event(body: Any, **_: Any) -> None:
         meta = body.get("metadata") or {}
         labels = meta.get("labels") or {}

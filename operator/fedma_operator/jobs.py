@@ -4,10 +4,16 @@ Pure functions from the round's spec to plain dicts, so they are tested without 
 Conventions (DESIGN.md §4):
 - deterministic names (``<round>-<silo>-a<attempt>``, ``<round>-aggregate``): a restarted
   operator finds and adopts what it created instead of creating it twice;
-- labels ``fedma.io/{training,round,silo,role,attempt}`` (the operator filters Jobs by them
-  client-side, so it needs no label-selector support from the API server);
-- the round reaches the container as ``$FEDMA_ROUND`` (no ConfigMap to create in a silo's
-  cluster), the JSON summary comes back as the container's termination message;
+- labels ``fedma.io/{training,round,silo,role,attempt}``, selected server-side by every list
+  and watch; ``fedma.io/round-uid`` names the very round object a Job belongs to;
+- the round reaches the container by reference: one ConfigMap per round and namespace
+  (:func:`round_config_map`, named after the round and its digest), mounted read-only, and
+  ``$FEDMA_ROUND_SHA256``, which the container checks (fedma.roundref). A Job then costs the
+  same to create, list and start at 1,000 silos as at 3. The JSON summary comes back as the
+  container's termination message, bounded to parse (fedma.termination);
+- finished Jobs expire (``ttlSecondsAfterFinished``, a day by default: long after the operator
+  copied their result into the round's status), so a namespace's Jobs grow with the work in
+  flight, not with the history;
 - Kubernetes retries off (``backoffLimit: 0``): retries are the round's (``aggregation
   .backoffLimit``), each a new attempt Job, so every attempt stays visible in status;
 - non-root, read-only root filesystem, no privilege escalation, all capabilities dropped;
@@ -17,14 +23,15 @@ Conventions (DESIGN.md §4):
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any
 
-from fedma.spec import FederatedRound, SiloSpec, dump
+from fedma import roundref
+from fedma.spec import FederatedRound, SiloSpec
 
 LABEL = "fedma.io"
 TERMINATION_LOG = "/dev/termination-log"
+ROUND_MOUNT = "/etc/fedma/round"
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,8 @@ class JobSettings:
     # Where a silo trainer serves its live metrics (fedma.telemetry); the chart's PodMonitor
     # scrapes the container port named ``metrics``. 0 turns the endpoint off.
     metrics_port: int = 9400
+    # Seconds a finished Job (and its pods) is kept; None: kept until its round is deleted.
+    ttl_after_finished_s: int | None = 86400
 
 
 def dns_name(*parts: str, limit: int = 63) -> str:
@@ -46,6 +55,34 @@ def dns_name(*parts: str, limit: int = 63) -> str:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]
     return f"{name[: limit - 9].rstrip('-')}-{digest}"
+
+
+@dataclass(frozen=True)
+class RoundFile:
+    """The round as its Jobs read it: the ConfigMap's name, its text and that text's sha256.
+    The name carries the digest, so a later run under the same round name (another spec)
+    never finds and uses an earlier run's file."""
+
+    name: str
+    text: str
+    digest: str
+
+
+def round_file(rnd: FederatedRound) -> RoundFile:
+    text, digest = roundref.payload(rnd)
+    return RoundFile(dns_name(rnd.metadata.name, "round", digest[:10]), text, digest)
+
+
+def round_config_map(rnd: FederatedRound, ref: RoundFile, namespace: str,
+                     owner: dict[str, Any] | None) -> dict[str, Any]:
+    """One per namespace that runs a Job of the round; immutable, like the round itself."""
+    meta: dict[str, Any] = {"name": ref.name, "namespace": namespace,
+                            "labels": labels(rnd, "round-file"),
+                            "annotations": {f"{LABEL}/sha256": ref.digest}}
+    if owner:
+        meta["ownerReferences"] = [owner]
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "immutable": True,
+            "data": {roundref.KEY: ref.text}}
 
 
 def silo_job_name(round_name: str, silo: str, attempt: int) -> str:
@@ -69,6 +106,8 @@ def labels(rnd: FederatedRound, role: str, silo: str | None = None,
         f"{LABEL}/round-namespace": rnd.metadata.namespace or "default",
         f"{LABEL}/role": role,
     }
+    if rnd.metadata.model_extra and rnd.metadata.model_extra.get("uid"):
+        out[f"{LABEL}/round-uid"] = str(rnd.metadata.model_extra["uid"])
     if silo is not None:
         out[f"{LABEL}/silo"] = silo
     if attempt is not None:
@@ -82,9 +121,10 @@ def _security() -> dict[str, Any]:
             "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-def _env(rnd: FederatedRound) -> list[dict[str, Any]]:
+def _env(ref: RoundFile) -> list[dict[str, Any]]:
     return [
-        {"name": "FEDMA_ROUND", "value": json.dumps(dump(rnd), separators=(",", ":"))},
+        {"name": roundref.FILE_ENV, "value": f"{ROUND_MOUNT}/{roundref.KEY}"},
+        {"name": roundref.SHA256_ENV, "value": ref.digest},
         {"name": "FEDMA_TERMINATION_LOG", "value": TERMINATION_LOG},
         {"name": "HF_HUB_OFFLINE", "value": "1"},
         {"name": "HOME", "value": "/tmp"},
@@ -93,14 +133,16 @@ def _env(rnd: FederatedRound) -> list[dict[str, Any]]:
 
 
 def _container(name: str, image: str, command: list[str], rnd: FederatedRound,
-               resources: dict[str, Any], mounts: list[dict[str, Any]], metrics_port: int = 0
-               ) -> dict[str, Any]:
+               ref: RoundFile, resources: dict[str, Any], mounts: list[dict[str, Any]],
+               metrics_port: int = 0) -> dict[str, Any]:
     c: dict[str, Any] = {
-        "name": name, "image": image, "command": command, "env": _env(rnd),
+        "name": name, "image": image, "command": command, "env": _env(ref),
         "resources": resources, "securityContext": _security(),
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *mounts],
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
+                         {"name": "round", "mountPath": ROUND_MOUNT, "readOnly": True},
+                         *mounts],
     }
     secret = rnd.spec.artifacts.credentials_secret
     if secret:
@@ -111,19 +153,24 @@ def _container(name: str, image: str, command: list[str], rnd: FederatedRound,
     return c
 
 
+def _volumes(ref: RoundFile) -> list[dict[str, Any]]:
+    return [{"name": "tmp", "emptyDir": {}}, {"name": "round", "configMap": {"name": ref.name}}]
+
+
 def _job(name: str, namespace: str, lbl: dict[str, str], pod: dict[str, Any],
-         deadline_s: int, owner: dict[str, Any] | None) -> dict[str, Any]:
+         deadline_s: int, owner: dict[str, Any] | None, settings: JobSettings
+         ) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": lbl}
     if owner:
         meta["ownerReferences"] = [owner]
-    return {
-        "apiVersion": "batch/v1", "kind": "Job", "metadata": meta,
-        "spec": {
-            "backoffLimit": 0,
-            "activeDeadlineSeconds": deadline_s,
-            "template": {"metadata": {"labels": lbl}, "spec": pod},
-        },
+    spec: dict[str, Any] = {
+        "backoffLimit": 0,
+        "activeDeadlineSeconds": deadline_s,
+        "template": {"metadata": {"labels": lbl}, "spec": pod},
     }
+    if settings.ttl_after_finished_s is not None:
+        spec["ttlSecondsAfterFinished"] = settings.ttl_after_finished_s
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec}
 
 
 def owner_reference(round_obj: dict[str, Any]) -> dict[str, Any]:
@@ -145,13 +192,15 @@ def silo_command(rnd: FederatedRound, silo: SiloSpec) -> list[str]:
 
 
 def silo_job(rnd: FederatedRound, silo: SiloSpec, attempt: int, namespace: str,
-             settings: JobSettings, owner: dict[str, Any] | None = None) -> dict[str, Any]:
+             settings: JobSettings, owner: dict[str, Any] | None = None,
+             ref: RoundFile | None = None) -> dict[str, Any]:
+    ref = ref or round_file(rnd)
     res = {"cpu": silo.resources.cpu, "memory": silo.resources.memory}
     limits = dict(res)
     if silo.gpus:
         limits["nvidia.com/gpu"] = str(silo.gpus)
     mounts: list[dict[str, Any]] = []
-    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    volumes = _volumes(ref)
     if silo.data_volume:
         mounts.append({"name": "data", "mountPath": silo.data_volume.mount_path,
                        "readOnly": True})
@@ -167,7 +216,7 @@ def silo_job(rnd: FederatedRound, silo: SiloSpec, attempt: int, namespace: str,
         "securityContext": {"runAsNonRoot": True, "runAsUser": settings.run_as_user,
                             "fsGroup": settings.run_as_user},
         "containers": [_container("trainer", silo.image or settings.trainer_image,
-                                  silo_command(rnd, silo), rnd,
+                                  silo_command(rnd, silo), rnd, ref,
                                   {"requests": res, "limits": limits}, mounts,
                                   settings.metrics_port)],
         "volumes": volumes,
@@ -179,13 +228,14 @@ def silo_job(rnd: FederatedRound, silo: SiloSpec, attempt: int, namespace: str,
                               for t in silo.tolerations]
     name = silo_job_name(rnd.metadata.name, silo.name, attempt)
     return _job(name, namespace, labels(rnd, "silo", silo.name, attempt), pod,
-                rnd.spec.aggregation.deadline_seconds, owner)
+                rnd.spec.aggregation.deadline_seconds, owner, settings)
 
 
 def aggregation_job(rnd: FederatedRound, included: dict[str, str], namespace: str,
-                    settings: JobSettings, owner: dict[str, Any] | None = None
-                    ) -> dict[str, Any]:
+                    settings: JobSettings, owner: dict[str, Any] | None = None,
+                    ref: RoundFile | None = None) -> dict[str, Any]:
     """``included``: silo → the update digest it reported; the aggregator re-checks each."""
+    ref = ref or round_file(rnd)
     cmd = ["fedma", "aggregate"]
     for silo, digest in sorted(included.items()):
         cmd += ["--include", f"{silo}={digest}"]
@@ -196,9 +246,9 @@ def aggregation_job(rnd: FederatedRound, included: dict[str, str], namespace: st
         "automountServiceAccountToken": False,
         "securityContext": {"runAsNonRoot": True, "runAsUser": settings.run_as_user,
                             "fsGroup": settings.run_as_user},
-        "containers": [_container("aggregator", settings.trainer_image, cmd, rnd,
+        "containers": [_container("aggregator", settings.trainer_image, cmd, rnd, ref,
                                   {"requests": res, "limits": res}, [])],
-        "volumes": [{"name": "tmp", "emptyDir": {}}],
+        "volumes": _volumes(ref),
     }
     return _job(aggregation_job_name(rnd.metadata.name), namespace, labels(rnd, "aggregate"),
-                pod, rnd.spec.aggregation.deadline_seconds, owner)
+                pod, rnd.spec.aggregation.deadline_seconds, owner, settings)

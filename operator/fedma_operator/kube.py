@@ -95,7 +95,8 @@ class Cluster:
         return [j for j in out.get("items", []) if matches(j, selector)]
 
     async def create_job(self, namespace: str, body: dict[str, Any]) -> bool:
-        """True if created, False if it already existed (adopted)."""
+        """True if created, False if one of its name already existed (409: the caller tells
+        whether that one is its own)."""
         try:
             await self._call("create", "jobs", lambda: self.batch.create_namespaced_job(
                 namespace, body, _preload_content=False))
@@ -109,6 +110,26 @@ class Cluster:
         try:
             await self._call("delete", "jobs", lambda: self.batch.delete_namespaced_job(
                 name, namespace, propagation_policy="Background", _preload_content=False))
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    async def create_config_map(self, namespace: str, body: dict[str, Any]) -> bool:
+        """True if created, False if one of its name already existed."""
+        try:
+            await self._call("create", "configmaps", lambda: self.core.create_namespaced_config_map(
+                namespace, body, _preload_content=False))
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
+
+    async def delete_config_map(self, namespace: str, name: str) -> None:
+        try:
+            await self._call("delete", "configmaps",
+                             lambda: self.core.delete_namespaced_config_map(
+                                 name, namespace, _preload_content=False))
         except ApiException as exc:
             if exc.status != 404:
                 raise

@@ -44,6 +44,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    default=float(os.environ.get("FEDMA_API_TIMEOUT", DEFAULT_TIMEOUT_S)),
                    help="seconds one API call (hub or silo cluster) may take before it counts "
                         "as unanswered")
+    p.add_argument("--job-ttl", type=int,
+                   default=int(os.environ.get("FEDMA_JOB_TTL",
+                                              JobSettings.ttl_after_finished_s or 0)),
+                   help="seconds a finished Job is kept (ttlSecondsAfterFinished; 0: kept "
+                        "until its round is deleted)")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     if not args.all_namespaces and not args.namespace:
@@ -61,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     serve(args.metrics_port)
     cfg = OperatorConfig(JobSettings(trainer_image=args.trainer_image,
                                      service_account=args.trainer_service_account,
-                                     metrics_port=args.trainer_metrics_port),
+                                     metrics_port=args.trainer_metrics_port,
+                                     ttl_after_finished_s=args.job_ttl or None),
                          interval_s=args.interval, cluster_grace_s=args.silo_cluster_grace,
                          clusterwide=args.all_namespaces, api_timeout_s=args.api_timeout)
     asyncio.run(kopf.operator(

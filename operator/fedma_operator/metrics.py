@@ -56,7 +56,7 @@ API_SECONDS = Histogram("fedma_kubernetes_api_request_duration_seconds",
 
 
 def _ts(value: str | None) -> datetime | None:
-    from fedma_operator.reconcile import parse_time
+    from fedma_operator.status import parse_time
 
     return parse_time(value)
 

@@ -14,7 +14,7 @@ from typing import Any
 from fedma.rounds import RoundPhase
 from fedma.spec import FederatedTraining, ProjectorRef, SpecError, dump, parse, round_spec
 from fedma_operator.kube import Hub
-from fedma_operator.reconcile import (
+from fedma_operator.status import (
     Outcome,
     accept_spec,
     condition,

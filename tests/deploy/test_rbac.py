@@ -56,13 +56,14 @@ def test_hub_with_watched_namespaces_grants_the_same_only_there(chart):
         assert _grants([roles[b["roleRef"]["name"]]]) == namespaced
 
 
-def test_silo_role_is_the_hubs_job_and_pod_rights_only(chart):
+def test_silo_role_is_the_hubs_job_pod_and_round_file_rights_only(chart):
     hub = _grants(by_kind(render(chart, {"role": "hub"}), "ClusterRole"))
     docs = render(chart, {"role": "silo"})
     (role,) = by_kind(docs, "Role")
     # The hub's cluster-wide Job watch is its own (kopf's); in a silo cluster the operator
-    # lists, creates and deletes Jobs and lists their pods, in one namespace.
-    on_jobs_and_pods = {g for g in hub if g[2] in ("jobs", "pods")} - {("watch", "batch",
-                                                                         "jobs")}
+    # lists, creates and deletes Jobs, lists their pods and creates and removes the round's
+    # file (a ConfigMap), in one namespace.
+    on_jobs_and_pods = {g for g in hub if g[2] in ("jobs", "pods", "configmaps")} - {
+        ("watch", "batch", "jobs")}
     assert _grants([role]) == on_jobs_and_pods
     assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")

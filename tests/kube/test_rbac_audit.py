@@ -102,10 +102,10 @@ def test_every_request_in_a_silo_cluster_was_allowed_by_the_silo_role(hub, silo,
     (role,) = [d for d in manifest(silo, "fedma-silo", SILO_NAMESPACE) if d["kind"] == "Role"]
     granted = grants([role], ("Role",))
     assert used(events) <= granted
-    # The Role is the operator's namespaced Job and pod verbs, as used on the hub (one code
-    # path for every cluster; deleting a remote straggler's Job included).
+    # The Role is the operator's namespaced Job, pod and round-file verbs, as used on the hub
+    # (one code path for every cluster; deleting a remote straggler's Job included).
     on_hub = {g for g in used(requests_of(hub, OPERATOR_USER))
-              if g[2] in ("jobs", "pods")} - {("watch", "batch", "jobs")}
+              if g[2] in ("jobs", "pods", "configmaps")} - {("watch", "batch", "jobs")}
     assert granted == on_hub, granted ^ on_hub
 
 

@@ -95,6 +95,7 @@ def kmock_options(kmock_options: dict[str, Any]) -> dict[str, Any]:
 def declare(k: Any) -> None:
     for res, kind in (("v1/namespaces", ("Namespace", False)), ("v1/events", ("Event", True)),
                       ("v1/pods", ("Pod", True)), ("v1/secrets", ("Secret", True)),
+                      ("v1/configmaps", ("ConfigMap", True)),
                       ("batch/v1/jobs", ("Job", True)),
                       ("apiextensions.k8s.io/v1/customresourcedefinitions",
                        ("CustomResourceDefinition", False))):
@@ -300,6 +301,15 @@ class Kubelet:
         for e in c["env"]:
             if e["name"] not in ("HOME", "FEDMA_CACHE", "FEDMA_TERMINATION_LOG"):
                 env[e["name"]] = e["value"]
+        # The round's file, from the ConfigMap the Job mounts (as a kubelet would).
+        (volume,) = [v for v in job["spec"]["template"]["spec"]["volumes"]
+                     if v["name"] == "round"]
+        ns = job["metadata"]["namespace"]
+        cm = await self.api.get(f"/api/v1/namespaces/{ns}/configmaps/"
+                                f"{volume['configMap']['name']}")
+        round_file = self.workdir / f"{job['metadata']['name']}.round.json"
+        round_file.write_text(cm["data"]["round.json"])
+        env["FEDMA_ROUND_FILE"] = str(round_file)
         if any(p.get("name") == "metrics" for p in c.get("ports", [])):
             env["FEDMA_METRICS_PORT"] = str(free_port())
             if self.on_metrics:

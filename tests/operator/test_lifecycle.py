@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 import pytest
@@ -65,7 +67,16 @@ async def test_three_silo_round_succeeds(k8s, operator):
     pod = job["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["containers"][0]["image"] == "fedma-trainer:test"
-    assert any(e["name"] == "FEDMA_ROUND" for e in pod["containers"][0]["env"])
+    # The round by reference: a mounted ConfigMap and the sha256 the container checks, the
+    # same for every Job of the round (not the whole spec in each Job's env).
+    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "round"]
+    cm = await api.get(f"/api/v1/namespaces/default/configmaps/{volume['configMap']['name']}")
+    assert hashlib.sha256(cm["data"]["round.json"].encode()).hexdigest() == \
+        env["FEDMA_ROUND_SHA256"]
+    assert json.loads(cm["data"]["round.json"])["metadata"]["name"] == "demo-r0001"
+    assert labels["fedma.io/round-uid"] == (await api.get(
+        f"{rounds_path()}/demo-r0001"))["metadata"]["uid"]
     obj = await wait_for(lambda: phase_is(api, "Training"), what="Training")
     assert obj["status"]["silosDone"] == "0/3"
     for j in jobs:
@@ -85,6 +96,9 @@ async def test_three_silo_round_succeeds(k8s, operator):
     assert st["silos"]["silo-2"]["update"]["digest"] == DIGEST
     cond = {c["type"]: c for c in st["conditions"]}["Succeeded"]
     assert cond["status"] == "True" and cond["observedGeneration"] == 1
+    # The round ended: its file is gone (status keeps the accepted spec).
+    assert st["roundFile"]["placed"] == []
+    assert await api.items("/api/v1/namespaces/default/configmaps") == []
 
 
 async def _n_jobs(ctl: JobController, n: int, **labels: str):

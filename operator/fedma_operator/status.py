@@ -1,0 +1,96 @@
+"""What every reconcile of a fedma object reports with: its outcome, conditions, the spec it
+acts on (the accepted one: specs are immutable once work started) and the verdict on an
+invalid spec. Pure functions, shared by rounds and trainings."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from fedma.rounds import RoundPhase
+from fedma.spec import SpecError
+
+
+@dataclass
+class Outcome:
+    status: dict[str, Any]  # merge-patch for .status
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+    done: bool = False  # Succeeded or Failed: no more reconciles needed
+
+
+def now_iso(now: datetime) -> str:
+    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def spec_hash(spec: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def condition(ctype: str, status: bool, reason: str, message: str, generation: int,
+              now: datetime) -> dict[str, Any]:
+    return {"type": ctype, "status": "True" if status else "False", "reason": reason,
+            "message": message[:1000], "lastTransitionTime": now_iso(now),
+            "observedGeneration": generation}
+
+
+def merge_conditions(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Replace by type; keep lastTransitionTime when the status did not change."""
+    by_type = {c["type"]: c for c in old}
+    for c in new:
+        prev = by_type.get(c["type"])
+        if prev and prev.get("status") == c["status"]:
+            c = {**c, "lastTransitionTime": prev.get("lastTransitionTime", c["lastTransitionTime"])}
+        by_type[c["type"]] = c
+    return list(by_type.values())
+
+
+def accept_spec(body: dict[str, Any], status: dict[str, Any], generation: int, now: datetime
+                ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]],
+                           list[tuple[str, str, str]]]:
+    """The spec to act on: the one accepted at the first reconcile, kept in status.
+
+    A spec is immutable once work started. An edit is refused with a condition and an
+    Event, and the object goes on under the accepted spec (never half-applied); restoring
+    the spec clears the condition. Returns (spec, status patch, conditions, events).
+    """
+    current = body.get("spec") or {}
+    accepted = status.get("acceptedSpec") or current
+    patch: dict[str, Any] = {"acceptedSpec": accepted, "observedGeneration": generation}
+    refused_before = any(c.get("type") == "SpecChangeRefused" and c.get("status") == "True"
+                         for c in status.get("conditions") or [])
+    conds: list[dict[str, Any]] = []
+    events: list[tuple[str, str, str]] = []
+    if spec_hash(current) != spec_hash(accepted):
+        msg = (f"spec changed at generation {generation} after work started; the change is not "
+               "applied (the spec is immutable) and the object goes on with the spec it was "
+               "accepted with: restore it, or create a new object")
+        conds.append(condition("SpecChangeRefused", True, "SpecImmutable", msg, generation, now))
+        if not refused_before:
+            events.append(("Warning", "SpecChangeRefused", msg))
+    elif refused_before:
+        conds.append(condition("SpecChangeRefused", False, "SpecRestored",
+                               "spec matches the accepted one again", generation, now))
+    return accepted, patch, conds, events
+
+
+def invalid(exc: SpecError, status: dict[str, Any], generation: int, now: datetime) -> Outcome:
+    msg = "; ".join(f"spec.{p}: {m}" if not p.startswith(("apiVersion", "kind", "metadata"))
+                    else f"{p}: {m}" for p, m in exc.errors)
+    return Outcome({
+        "phase": RoundPhase.FAILED, "observedGeneration": generation,
+        "completionTime": now_iso(now), "message": msg,
+        "conditions": merge_conditions(status.get("conditions") or [], [
+            condition("InvalidSpec", True, "InvalidSpec", msg, generation, now),
+            condition("Succeeded", False, "InvalidSpec", msg, generation, now)]),
+    }, [("Warning", "InvalidSpec", msg)], done=True)
+
+

@@ -39,6 +39,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fedma import termination  # noqa: E402
 from fedma_operator.jobs import LABEL  # noqa: E402
 from tests.kube.deployed import NAMESPACE, OPERATOR_USER  # noqa: E402
 from tests.operator.test_lifecycle import round_body, silo_summary  # noqa: E402
@@ -53,17 +54,36 @@ def minimum_requests(silos: int) -> int:
     return silos + 10
 
 
+def requested(pod: dict[str, Any]) -> list[str]:
+    """The silos an aggregation pod was asked for (its ``--include SILO=SHA256`` arguments)."""
+    cmd = pod["spec"]["containers"][0]["command"]
+    return sorted(cmd[i + 1].partition("=")[0] for i, a in enumerate(cmd) if a == "--include")
+
+
+def rejected_by_aggregator(silos: list[str]) -> dict[str, str]:
+    """Every 10th requested silo: what a robust rule rejecting many updates reports."""
+    return {s: f"update norm {100 + i}.0 exceeds maxUpdateNorm 10.0; the update is dropped"
+            for i, s in enumerate(silos) if i % 10 == 9}
+
+
 def message(pod: dict[str, Any]) -> str:
     """The termination message the fast kubelet leaves for ``pod``: a silo's summary (update
-    URI + sha256) or the aggregator's (global projector URI + sha256), from the pod's labels."""
+    URI + sha256) or the aggregator's (global projector URI + sha256, every 10th silo
+    rejected with a reason, every 4th noted), from the pod's labels and command, bounded by
+    fedma.termination as the real aggregator's is."""
     lbl = pod["metadata"]["labels"]
     training, rnd = lbl[f"{LABEL}/training"], int(lbl[f"{LABEL}/round"])
     if lbl[f"{LABEL}/role"] == "silo":
         return json.dumps(silo_summary(lbl[f"{LABEL}/silo"], rnd))
-    return json.dumps({"round": rnd, "status": "Succeeded", "loss": 1.0, "samples": 64,
-                       "server_state": None, "rejected": {},
-                       "output": {"uri": f"s3://fedma/runs/{training}/round-{rnd:04d}/"
-                                         "global.safetensors", "digest": f"{rnd:064x}"}})
+    silos = requested(pod)
+    rejected = rejected_by_aggregator(silos)
+    return termination.encode({
+        "round": rnd, "status": "Succeeded", "loss": 1.0, "samples": 64,
+        "server_state": None, "included": [s for s in silos if s not in rejected],
+        "rejected": rejected, "notes": {s: "clipped to the median norm"
+                                        for i, s in enumerate(silos) if i % 4 == 0},
+        "output": {"uri": f"s3://fedma/runs/{training}/round-{rnd:04d}/global.safetensors",
+                   "digest": f"{rnd:064x}"}}, silos)
 
 
 def training_body(name: str, silos: int, rounds: int) -> dict[str, Any]:
@@ -106,8 +126,67 @@ def requests_by_operator(cp: Any, since: float, until: float) -> list[dict[str, 
     return out
 
 
+def big_round(cp: Any, stat: ProcStat, silos: int, timeout: float) -> dict[str, Any]:
+    """One round at the schema's limit (``silos`` = spec.silos maxItems), after the load: every
+    limit on the way (Job creation, each container's environment, the aggregator's
+    termination message, the round object's size in etcd) is met by a real apiserver."""
+    from tests.kube.waiting import fedma_path, items
+
+    name = "load-max"
+    t0, cpu0 = time.time(), stat.cpu_s()
+    status, body = cp.request("POST", fedma_path(NAMESPACE, "federatedtrainings"),
+                              training_body(name, silos, 1))
+    if status != 201:
+        raise SystemExit(f"load: creating training {name}: {status} {body}")
+    while True:
+        obj = cp.request("GET", fedma_path(NAMESPACE, "federatedtrainings", name))[1]
+        phase = (obj.get("status") or {}).get("phase")
+        if phase in ("Succeeded", "Failed"):
+            break
+        if time.time() - t0 > timeout:
+            raise SystemExit(f"load: {name} not done after {timeout:.0f} s: {phase}")
+        time.sleep(0.5)
+    wall, cpu = time.time() - t0, stat.cpu_s() - cpu0
+    code, raw = cp.request("GET", fedma_path(NAMESPACE, "federatedrounds", f"{name}-r0001"))
+    rnd = raw if code == 200 else {}
+    entries = (rnd.get("status") or {}).get("silos") or {}
+    flagged = sorted(s for s, e in entries.items()
+                     if str(e.get("reason", "")).startswith("rejected by the aggregator"))
+    jobs = items(cp, f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs?labelSelector="
+                     f"{LABEL}/training={name}")
+    pods = items(cp, f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector="
+                     f"{LABEL}/training={name},{LABEL}/role=aggregate")
+    messages = [cs["state"]["terminated"].get("message", "") for p in pods
+                for cs in (p.get("status") or {}).get("containerStatuses") or []
+                if (cs.get("state") or {}).get("terminated")]
+    silo_names = [f"silo-{i + 1}" for i in range(silos)]
+    def size(value: Any) -> int:
+        return len(json.dumps(value).encode())
+
+    st, meta = rnd.get("status") or {}, rnd.get("metadata") or {}
+    return {"silos": silos, "phase": phase, "message": (obj.get("status") or {}).get("message"),
+            "wall_s": wall, "operator_cpu_s": cpu, "jobs": len(jobs),
+            "round_object_bytes": size(rnd),
+            "round_object_parts_bytes": {
+                "spec": size(rnd.get("spec")), "status.silos": size(st.get("silos")),
+                "status.aggregation": size(st.get("aggregation")),
+                "status.acceptedSpec": size(st.get("acceptedSpec")),
+                "status.other": size({k: v for k, v in st.items() if k not in (
+                    "silos", "aggregation", "acceptedSpec")}),
+                "metadata.managedFields": size(meta.get("managedFields")),
+                "metadata.annotations": size(meta.get("annotations"))},
+            "largest_job_bytes": max((len(json.dumps(j).encode()) for j in jobs), default=0),
+            "largest_env_bytes": max((sum(len(e.get("name", "")) + len(e.get("value", ""))
+                                          for e in j["spec"]["template"]["spec"]["containers"]
+                                          [0].get("env", [])) for j in jobs), default=0),
+            "aggregator_message_bytes": max((len(m.encode()) for m in messages), default=0),
+            "rejected_reported": len(flagged),
+            "rejected_expected": len(rejected_by_aggregator(sorted(silo_names))),
+            "rejected_match": flagged == sorted(rejected_by_aggregator(sorted(silo_names)))}
+
+
 def drive(folder: Path, trainings: int, silos: int, rounds: int, interval: float,
-          timeout: float) -> dict[str, Any]:
+          timeout: float, big: int = 0) -> dict[str, Any]:
     from tests.kube.cluster import ControlPlane, start_kubelet
     from tests.kube.deployed import (
         OperatorProcess,
@@ -167,6 +246,7 @@ def drive(folder: Path, trainings: int, silos: int, rounds: int, interval: float
         time.sleep(1.0)  # the audit log is written as responses complete
         reqs = requests_by_operator(cp, t0, t1)
         apiserver = ProcStat(cp.procs["kube-apiserver"].popen.pid).cpu_s()
+        largest = big_round(cp, stat, big, timeout) if big else None
     finally:
         if op is not None:
             op.stop()
@@ -179,7 +259,7 @@ def drive(folder: Path, trainings: int, silos: int, rounds: int, interval: float
                           (e.get("objectRef") or {}).get("subresource", ""),
                           (e.get("objectRef") or {}).get("name", ""),
                           (e.get("responseStatus") or {}).get("code", 0)) for e in reqs],
-            "trainings": names}
+            "trainings": names, "big": largest}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,11 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval", type=float, default=2.0,
                    help="the operator's reconcile interval (chart value operator.interval)")
     p.add_argument("--timeout", type=float, default=900.0)
+    p.add_argument("--max-silos", type=int, default=0,
+                   help="then one round of this many silos (the schema's maxItems: 1000)")
     p.add_argument("--out", default="bench/results")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="fedma-load-") as tmp:
         run = drive(Path(tmp), args.trainings, args.silos, args.rounds, args.interval,
-                    args.timeout)
+                    args.timeout, args.max_silos)
     return report(args, run)
 
 
@@ -245,6 +327,14 @@ def report(args: argparse.Namespace, run: dict[str, Any]) -> int:
     ok = (all(p == "Succeeded" for p in run["phases"]) and run["completed_rounds"] == rounds_total
           and not lost and not extra and duplicates == 0 and conflicts == 0 and not twice
           and created == len(expected) and not forbidden)
+    big = run.get("big")
+    if big:
+        row["max_round"] = big
+        # etcd's default object limit is 1.5 MiB; a container's environment, the kernel's
+        # 128 KiB per string; a termination message, Kubernetes' 4096 bytes.
+        ok = ok and (big["phase"] == "Succeeded" and big["jobs"] == big["silos"] + 1
+                     and big["rejected_match"] and big["round_object_bytes"] < 1536 * 1024
+                     and big["aggregator_message_bytes"] <= termination.LIMIT)
     row["ok"] = ok
     print(json.dumps({k: v for k, v in row.items() if k != "samples"}))
     print("\n".join([
@@ -258,7 +348,14 @@ def report(args: argparse.Namespace, run: dict[str, Any]) -> int:
         f"| operator requests per round | {per_round:.0f} (minimum {minimum}, "
         f"{per_round / minimum:.2f}×), plus {events / rounds_done:.0f} Events |",
         f"| operator RSS, first → last completed round | {row['rss_first_round_mib']:.0f} → "
-        f"{row['rss_last_round_mib']:.0f} MiB |"]))
+        f"{row['rss_last_round_mib']:.0f} MiB |", *([
+            f"| one round of {big['silos']} silos (the schema's maximum) | {big['phase']} in "
+            f"{big['wall_s']:.0f} s, operator CPU {big['operator_cpu_s']:.1f} s; round object "
+            f"{big['round_object_bytes'] / 1024:.0f} KiB, largest Job "
+            f"{big['largest_job_bytes'] / 1024:.1f} KiB (env {big['largest_env_bytes']} B), "
+            f"aggregator's message {big['aggregator_message_bytes']} B with "
+            f"{big['rejected_reported']}/{big['rejected_expected']} rejected silos reported |"]
+            if big else [])]))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "load-detail.json").write_text(json.dumps(row, indent=1) + "\n")

@@ -30,6 +30,19 @@ def _ref(value: Any) -> ProjectorRef | None:
     return None
 
 
+def foreign_owner(obj: dict[str, Any], uid: str | None) -> str | None:
+    """Why a round object is not this training's, or None if it is (or ``uid`` is unknown)."""
+    if not uid:
+        return None
+    owners = [o for o in obj.get("metadata", {}).get("ownerReferences") or []
+              if o.get("kind") == "FederatedTraining" and o.get("controller")]
+    if not owners:
+        return "it has no owner"
+    if owners[0].get("uid") != uid:
+        return f"its owner is FederatedTraining uid {owners[0].get('uid')}"
+    return None
+
+
 class TrainingReconciler:
     def __init__(self, hub: Hub):
         self.hub = hub
@@ -74,6 +87,15 @@ class TrainingReconciler:
                 if await self.hub.create_round(namespace, wire):
                     events.append(("Normal", "RoundCreated", f"round {current}/{total}: {name}"))
                 message = f"round {current} of {total} created"
+                break
+            stranger = foreign_owner(obj, meta.get("uid"))
+            if stranger is not None:
+                # An earlier object's round (a training deleted with its rounds orphaned, or
+                # a hand-made one): its results are not this training's. Wait, saying why.
+                message = (f"round {current}: FederatedRound {namespace}/{name} exists and is "
+                           f"not this training's ({stranger}); delete it to go on")
+                if status.get("message") != message:
+                    events.append(("Warning", "RoundConflict", message))
                 break
             rstatus = obj.get("status") or {}
             rphase = rstatus.get("phase")

@@ -225,3 +225,60 @@ def test_the_hub_apiserver_restarted_mid_round_costs_nothing(hub, operator, tmp_
     assert set(created.values()) == {1} and len(created) == 3, created
     delete_training(hub, "hubdown")
     assert phase(obj) == "Succeeded"
+
+
+def events_of(cp, reason: str) -> list[dict]:
+    return items(cp, f"/api/v1/namespaces/{NAMESPACE}/events?fieldSelector=reason%3D{reason}")
+
+
+def test_a_job_left_by_an_earlier_run_of_the_same_name_is_not_adopted(hub, operator, tmp_path,
+                                                                     tiny_models):
+    """A finished Job of the name the round's first attempt would have, labelled as an
+    earlier round object's (another uid): the create's 409 is a conflict, not an adoption.
+    That attempt fails naming the Job, the retry trains under a new name, and the earlier
+    Job is left as it was."""
+    stale = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {
+        "name": "again-r0001-silo-1-a1", "namespace": NAMESPACE, "labels": {
+            "app.kubernetes.io/managed-by": "fedma-operator", "fedma.io/training": "again",
+            "fedma.io/round": "1", "fedma.io/round-name": "again-r0001",
+            "fedma.io/round-namespace": NAMESPACE, "fedma.io/role": "silo",
+            "fedma.io/silo": "silo-1", "fedma.io/attempt": "1",
+            "fedma.io/round-uid": "00000000-0000-0000-0000-000000000000"}},
+        "spec": {"suspend": True, "template": {"spec": {"restartPolicy": "Never",
+                 "containers": [{"name": "c", "image": "x", "command": ["true"]}]}}}}
+    apply(hub, stale)
+    before = get(hub, f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/again-r0001-silo-1-a1")
+    apply(hub, one_round(tmp_path, tiny_models, "again", silos=1, backoffLimit=1))
+    obj = finished_training(hub, "again", operator)
+    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    entry = round_status(hub, "again")["silos"]["silo-1"]
+    assert entry["attempts"] == 2 and entry["job"] == "again-r0001-silo-1-a2", entry
+    (conflict,) = [e for e in events_of(hub, "JobConflict")
+                   if "again-r0001-silo-1-a1" in e["message"]]
+    assert "not this round's" in conflict["message"], conflict
+    after = get(hub, f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/again-r0001-silo-1-a1")
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    delete_training(hub, "again")
+    hub.kubectl("-n", NAMESPACE, "delete", "job", "again-r0001-silo-1-a1")
+
+
+def test_a_round_not_owned_by_the_training_is_not_adopted(hub, operator, tmp_path,
+                                                         tiny_models):
+    """A FederatedRound of the name a training's round 1 would have, but not the training's
+    (here hand-made, as one left by an earlier training deleted with orphaned rounds): the
+    training waits, saying why, instead of taking that round's results as its own."""
+    manifest = one_round(tmp_path, tiny_models, "owned", silos=1)
+    spec = {k: v for k, v in manifest["spec"].items() if k != "rounds"}
+    # Its silo's cluster Secret does not exist: the stray round fails at once, trains nothing.
+    spec["silos"][0]["kubeconfigSecret"] = "no-such-secret"
+    apply(hub, {"apiVersion": "fedma.io/v1alpha1", "kind": "FederatedRound",
+                "metadata": {"name": "owned-r0001", "namespace": NAMESPACE},
+                "spec": {**spec, "trainingName": "owned", "round": 1, "totalRounds": 1}})
+    apply(hub, manifest)
+    training = fedma_path(NAMESPACE, "federatedtrainings", "owned")
+    obj = wait_until(lambda: (o := get(hub, training)) and "not this training's" in (
+        o.get("status") or {}).get("message", "") and o, 60, "the training to see the conflict")
+    assert obj["status"]["phase"] == "Running" and obj["status"]["completedRounds"] == 0
+    assert any("owned-r0001" in e["message"] for e in events_of(hub, "RoundConflict"))
+    hub.kubectl("-n", NAMESPACE, "delete", "federatedtraining", "owned", "--wait=true")
+    hub.kubectl("-n", NAMESPACE, "delete", "federatedround", "owned-r0001", "--wait=true")

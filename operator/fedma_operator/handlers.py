@@ -66,6 +66,18 @@ async def default_api() -> client.ApiClient:
     return client.ApiClient()
 
 
+class SpecDiffBase(kopf.AnnotationsDiffBaseStorage):
+    """kopf's diff base, built without first deep-copying the status and metadata it then
+    discards: kopf builds it for every watch event, and a round's status at 100 silos (plus
+    its managedFields) made that copy a tenth of the operator's CPU under load."""
+
+    def build(self, *, body: Any, extra_fields: Any = None) -> Any:
+        meta = body.get("metadata") or {}
+        slim = {k: v for k, v in body.items() if k not in ("status", "metadata")}
+        slim["metadata"] = {k: meta[k] for k in ("labels", "annotations") if k in meta}
+        return super().build(body=kopf.Body(slim), extra_fields=extra_fields)
+
+
 def plain(obj: Any) -> Any:
     if isinstance(obj, Mapping):
         return {k: plain(v) for k, v in obj.items()}
@@ -93,7 +105,7 @@ def build_registry(cfg: OperatorConfig, api_factory: ApiFactory = default_api,
         # except its last-handled annotation.
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
             prefix="fedma.io")
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        settings.persistence.diffbase_storage = SpecDiffBase(
             prefix="fedma.io", key="last-handled-configuration")
         settings.posting.level = logging.WARNING
         settings.scanning.disabled = not cfg.clusterwide
@@ -131,8 +143,10 @@ def build_registry(cfg: OperatorConfig, api_factory: ApiFactory = default_api,
             while not stopped:
                 woken.clear()
                 t0 = time.perf_counter()
-                raw = plain(body)
-                if written is not None:
+                if written is None:
+                    raw = plain(body)
+                else:  # status as of our own write; copying the watch's older one is waste
+                    raw = {k: plain(v) for k, v in body.items() if k != "status"}
                     raw["status"] = written
                 try:
                     outcome = await reconcile(raw, datetime.now(UTC))
@@ -182,7 +196,9 @@ def build_registry(cfg: OperatorConfig, api_factory: ApiFactory = default_api,
         await loop("FederatedTraining", "federatedtrainings", body, stopped, go)
 
     @kopf.on.event("batch", "v1", "jobs", registry=registry)
-    async def job_event(body: Any, **_: Any) -> None:
+    async def job_event(body: Any, type: str | None = None, **_: Any) -> None:
+        if not settled(body, type):
+            return  # created, started, a pod ready: nothing a reconcile would act on
         meta = body.get("metadata") or {}
         labels = meta.get("labels") or {}
         name = labels.get("fedma.io/round-name")
@@ -191,6 +207,19 @@ def build_registry(cfg: OperatorConfig, api_factory: ApiFactory = default_api,
                  name)
 
     return registry
+
+
+def settled(job: Any, event: str | None) -> bool:
+    """A Job event a round acts on: the Job finished (a terminal condition) or is gone. A
+    Job's other changes (its pod created, running, ready) would each wake a full reconcile
+    that finds nothing to do: five or six per Job, hundreds per round at 100 silos."""
+    if event == "DELETED":
+        return True
+    for c in (job.get("status") or {}).get("conditions") or []:
+        if c.get("status") == "True" and c.get("type") in (
+                "Complete", "Failed", "SuccessCriteriaMet", "FailureTarget"):
+            return True
+    return False
 
 
 COALESCE_S = 0.05  # after a wake-up, let the rest of a burst of Job events arrive

@@ -42,10 +42,11 @@ class NoAnswer(RuntimeError):
 
 async def _timed(observe: Observer, verb: str, resource: str,
                  call: Callable[[], Awaitable[Any]], where: str = "hub",
-                 timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
-    """Run one raw call; returns the decoded body, raises ApiException on a non-2xx status
-    (raw responses are not status-checked by the client itself) and NoAnswer past
-    ``timeout_s`` (connecting, the TLS handshake and reading the body all count)."""
+                 timeout_s: float = DEFAULT_TIMEOUT_S, decode: bool = True) -> dict[str, Any]:
+    """Run one raw call; returns the decoded body (``decode``: a create's or delete's echo
+    of the object is not worth parsing), raises ApiException on a non-2xx status (raw
+    responses are not status-checked by the client itself) and NoAnswer past ``timeout_s``
+    (connecting, the TLS handshake and reading the body all count)."""
     t0 = time.perf_counter()
     try:
         async with asyncio.timeout(timeout_s):
@@ -61,16 +62,23 @@ async def _timed(observe: Observer, verb: str, resource: str,
         raise NoAnswer(f"{verb} {resource} in {where}: no answer within {timeout_s:g} s") \
             from None
     observe(verb, resource, time.perf_counter() - t0, False)
-    return json.loads(body) if body else {}
+    return json.loads(body) if body and decode else {}
 
 
-def matches(obj: dict[str, Any], selector: dict[str, str]) -> bool:
+Selector = dict[str, "str | frozenset[str]"]
+
+
+def matches(obj: dict[str, Any], selector: Selector) -> bool:
     got = obj.get("metadata", {}).get("labels") or {}
-    return all(got.get(k) == v for k, v in selector.items())
+    return all(got.get(k) in v if isinstance(v, frozenset) else got.get(k) == v
+               for k, v in selector.items())
 
 
-def label_selector(selector: dict[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+def label_selector(selector: Selector) -> str:
+    """Equality terms, and set terms (``k in (a,b)``) for frozenset values: a list of only
+    the Jobs or pods still worth reading, not all of the round's."""
+    return ",".join(f"{k} in ({','.join(sorted(v))})" if isinstance(v, frozenset) else
+                    f"{k}={v}" for k, v in sorted(selector.items()))
 
 
 class Cluster:
@@ -87,9 +95,10 @@ class Cluster:
 
     async def _call(self, verb: str, resource: str,
                     call: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
-        return await _timed(self.observe, verb, resource, call, self.name, self.timeout_s)
+        return await _timed(self.observe, verb, resource, call, self.name, self.timeout_s,
+                            decode=verb not in ("create", "delete"))
 
-    async def list_jobs(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
+    async def list_jobs(self, namespace: str, selector: Selector) -> list[dict[str, Any]]:
         out = await self._call("list", "jobs", lambda: self.batch.list_namespaced_job(
             namespace, label_selector=label_selector(selector), _preload_content=False))
         return [j for j in out.get("items", []) if matches(j, selector)]
@@ -134,7 +143,7 @@ class Cluster:
             if exc.status != 404:
                 raise
 
-    async def list_pods(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
+    async def list_pods(self, namespace: str, selector: Selector) -> list[dict[str, Any]]:
         out = await self._call("list", "pods", lambda: self.core.list_namespaced_pod(
             namespace, label_selector=label_selector(selector), _preload_content=False))
         return [p for p in out.get("items", []) if matches(p, selector)]

@@ -25,7 +25,7 @@ from fedma.rounds import JobState, SiloObservation
 from fedma.spec import FederatedRound
 from fedma_operator import jobs
 from fedma_operator.clusters import ClusterPool, SiloClusterError
-from fedma_operator.kube import Cluster
+from fedma_operator.kube import Cluster, Selector
 from fedma_operator.status import now_iso, parse_time
 
 
@@ -200,10 +200,14 @@ async def observe_group(rnd: FederatedRound, cluster: Cluster, namespace: str,
             pending[silo] = entry
     if not pending:
         return out
-    selector = {f"{jobs.LABEL}/round-name": rnd.metadata.name, f"{jobs.LABEL}/role": "silo"}
+    selector: Selector = {f"{jobs.LABEL}/round-name": rnd.metadata.name,
+                          f"{jobs.LABEL}/role": "silo"}
     uid = round_uid(rnd)
     found: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for job in await cluster.list_jobs(namespace, selector):
+    # Only the silos still open: a round's late reconciles read a few Jobs, not all of them.
+    wanted = selector if len(pending) == len(entries) else {
+        **selector, f"{jobs.LABEL}/silo": frozenset(pending)}
+    for job in await cluster.list_jobs(namespace, wanted):
         if ours(job, uid):
             found[job["metadata"]["labels"].get(f"{jobs.LABEL}/silo", "")].append(job)
     done: dict[str, tuple[int, dict[str, Any], JobState, str]] = {}
@@ -225,7 +229,8 @@ async def observe_group(rnd: FederatedRound, cluster: Cluster, namespace: str,
                 done[silo] = (attempts, job, state, reason)
     if done:
         pods: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for pod in await cluster.list_pods(namespace, selector):
+        names = frozenset(job["metadata"]["name"] for _, job, _, _ in done.values())
+        for pod in await cluster.list_pods(namespace, {**selector, "job-name": names}):
             pods[(pod["metadata"].get("labels") or {}).get("job-name", "")].append(pod)
         for silo, (attempts, job, state, reason) in done.items():
             summary = termination_summary(pods.get(job["metadata"]["name"], []))

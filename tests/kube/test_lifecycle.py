@@ -231,6 +231,7 @@ def events_of(cp, reason: str) -> list[dict]:
     return items(cp, f"/api/v1/namespaces/{NAMESPACE}/events?fieldSelector=reason%3D{reason}")
 
 
+@pytest.mark.faults
 def test_a_job_left_by_an_earlier_run_of_the_same_name_is_not_adopted(hub, operator, tmp_path,
                                                                      tiny_models):
     """A finished Job of the name the round's first attempt would have, labelled as an
@@ -262,6 +263,7 @@ def test_a_job_left_by_an_earlier_run_of_the_same_name_is_not_adopted(hub, opera
     hub.kubectl("-n", NAMESPACE, "delete", "job", "again-r0001-silo-1-a1")
 
 
+@pytest.mark.faults
 def test_a_round_not_owned_by_the_training_is_not_adopted(hub, operator, tmp_path,
                                                          tiny_models):
     """A FederatedRound of the name a training's round 1 would have, but not the training's

@@ -26,6 +26,7 @@ def test_a_small_summary_is_written_whole():
     assert json.loads(termination.encode(s, SILOS[:3])) == s
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("n_rejected,n_notes", [(0, 0), (3, 997), (400, 300), (1000, 0)])
 def test_every_rejected_and_noted_silo_survives_the_4096_byte_limit(n_rejected, n_notes):
     rejected = {s: f"update norm {i}.0 exceeds maxUpdateNorm 10.0 (the update is dropped)"

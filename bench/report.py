@@ -224,7 +224,24 @@ def load_section(lines: list[str]) -> None:
                   f"| operator RSS, first → last completed round | {rss} "
                   f"({det['rss_growth_mib']:+.1f} MiB) |",
                   f"| apiserver CPU, whole run incl. start-up | "
-                  f"{det['apiserver_cpu_s_total']:.0f} s |", ""]
+                  f"{det['apiserver_cpu_s_total']:.0f} s |"]
+        big = det.get("max_round")
+        if big:
+            parts = ", ".join(f"{k} {v / 1024:.0f}" for k, v in
+                              big["round_object_parts_bytes"].items() if v > 1024)
+            lines += [
+                f"| then one round of {big['silos']} silos (spec.silos maxItems) | "
+                f"{big['phase']} in {big['wall_s']:.0f} s, operator CPU "
+                f"{big['operator_cpu_s']:.1f} s, {big['jobs']} Jobs |",
+                f"| its round object in etcd (limit 1536 KiB) | "
+                f"{big['round_object_bytes'] / 1024:.0f} KiB ({parts} KiB) |",
+                f"| its largest Job; a container's environment | "
+                f"{big['largest_job_bytes'] / 1024:.1f} KiB (the aggregator's `--include` "
+                f"list); {big['largest_env_bytes']} B |",
+                f"| the aggregator's termination message (limit 4096 B) | "
+                f"{big['aggregator_message_bytes']} B, {big['rejected_reported']} of "
+                f"{big['rejected_expected']} rejected silos marked in status |"]
+        lines += [""]
     else:
         lines += ["`bench/load.py`: not run.", ""]
     if soak:

@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
                                      metrics_port=args.trainer_metrics_port,
                                      ttl_after_finished_s=args.job_ttl or None),
                          interval_s=args.interval, cluster_grace_s=args.silo_cluster_grace,
-                         clusterwide=args.all_namespaces, api_timeout_s=args.api_timeout)
+                         clusterwide=args.all_namespaces, namespaces=tuple(args.namespace),
+                         api_timeout_s=args.api_timeout)
     asyncio.run(kopf.operator(
         registry=build_registry(cfg), standalone=True, clusterwide=args.all_namespaces,
         namespaces=args.namespace, liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz",

@@ -19,6 +19,7 @@ Job gets the included set recorded in status, never a recomputed one.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,20 +28,27 @@ from fedma.spec import FederatedRound, SpecError, parse
 from fedma_operator import jobs
 from fedma_operator.act import Actor
 from fedma_operator.clusters import ClusterPool
-from fedma_operator.observe import observe_aggregation, observe_silos, place
+from fedma_operator.observe import Placement, observe_aggregation, observe_silos, place
 from fedma_operator.report import Settled, report, settle
 from fedma_operator.status import Outcome, accept_spec, invalid, now_iso, parse_time
 
 log = logging.getLogger("fedma.operator")
 
 
+# Between two reconciles of a round whose every Job the hub watches, at most this long: the
+# watch wakes it when a Job finishes, the deadline when time is up; this is the safety net.
+WATCHED_RECHECK_S = 60.0
+
+
 class RoundReconciler:
     def __init__(self, pool: ClusterPool, settings: jobs.JobSettings, metrics: Any = None,
-                 cluster_grace_s: float = 60.0):
+                 cluster_grace_s: float = 60.0,
+                 watched: Callable[[str], bool] = lambda namespace: False):
         self.pool = pool
         self.settings = settings
         self.metrics = metrics
         self.cluster_grace_s = cluster_grace_s
+        self.watched = watched  # is this hub namespace in the operator's Job watch?
 
     async def reconcile(self, body: dict[str, Any], now: datetime) -> Outcome:
         meta = body.get("metadata", {})
@@ -106,7 +114,19 @@ class RoundReconciler:
                                        generation, now)
         self._metrics(rnd, body, status, patch, settled, actor.acts.started, entries, elapsed,
                       now, done)
-        return Outcome(patch, [*events, *actor.acts.events, *reported], done)
+        return Outcome(patch, [*events, *actor.acts.events, *reported], done,
+                       self._recheck(placements, spec_.aggregation.deadline_seconds, elapsed))
+
+    def _recheck(self, placements: dict[str, Placement], deadline_s: float, elapsed: float
+                 ) -> float | None:
+        """No poll when the hub's Job watch sees every Job of the round (it wakes the loop
+        when one finishes): wait for it, or for the round's deadline. A silo in another
+        cluster, or in an unwatched namespace, keeps the interval (its only clock)."""
+        if any(p.cluster is not self.pool.hub or not self.watched(p.namespace)
+               for p in placements.values()):
+            return None
+        left = deadline_s - elapsed
+        return min(WATCHED_RECHECK_S, left + 0.5) if left > 0 else None
 
     def _metrics(self, rnd: FederatedRound, body: dict[str, Any], status: dict[str, Any],
                  patch: dict[str, Any], settled: Settled, started: list[tuple[str, int]],

@@ -19,6 +19,9 @@ class Outcome:
     status: dict[str, Any]  # merge-patch for .status
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
     done: bool = False  # Succeeded or Failed: no more reconciles needed
+    # The longest the loop may wait for a wake-up before reconciling again (None: its
+    # interval): a round whose every Job is watched needs no poll, only its next deadline.
+    recheck_s: float | None = None
 
 
 def now_iso(now: datetime) -> str:

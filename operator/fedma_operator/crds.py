@@ -75,11 +75,78 @@ def structural(schema: dict[str, Any]) -> dict[str, Any]:
     return conv({k: v for k, v in schema.items() if k != "$defs"})
 
 
-_STATUS = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+def _f(kind: str, description: str, **extra: Any) -> dict[str, Any]:
+    return {"type": kind, "description": description, **extra}
+
+
+def _atomic(description: str) -> dict[str, Any]:
+    """An object written whole by the operator: one entry in managedFields, not one per
+    leaf (a round's silos at 1,000 silos made managedFields a third of the object)."""
+    return {"type": "object", "description": description, "x-kubernetes-map-type": "atomic",
+            "x-kubernetes-preserve-unknown-fields": True}
+
+
+_REF = _f("object", "an artifact in the store: its URI and sha256", properties={
+    "uri": _f("string", "fsspec URI"), "digest": _f("string", "sha256, hex")})
+_CONDITIONS = _f(
+    "array", "Succeeded, InvalidSpec, SpecChangeRefused (status True/False, reason, message)",
+    items=_f("object", "a condition", required=["type", "status"], properties={
+        "type": _f("string", "the condition"),
+        "status": _f("string", "True or False", enum=["True", "False", "Unknown"]),
+        "reason": _f("string", "CamelCase reason"),
+        "message": _f("string", "what happened, for a person"),
+        "lastTransitionTime": _f("string", "when status last changed (RFC 3339)"),
+        "observedGeneration": _f("integer", "the generation it was set at")}),
+    **{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
+_COMMON = {
+    "phase": _f("string", "where the object is"),
+    "message": _f("string", "the latest progress or failure, for a person"),
+    "observedGeneration": _f("integer", "the generation the operator last acted on"),
+    "startTime": _f("string", "first reconcile (RFC 3339)"),
+    "completionTime": _f("string", "Succeeded or Failed at (RFC 3339)"),
+    "loss": _f("number", "mean training loss of the latest round"),
+    "serverState": _REF,
+    "conditions": _CONDITIONS,
+    "acceptedSpec": _atomic("the spec as accepted at the first reconcile: later edits are "
+                            "refused (SpecChangeRefused) and the object goes on with this"),
+}
+
+
+def _status(description: str, **fields: dict[str, Any]) -> dict[str, Any]:
+    # Unknown fields are kept: a newer operator's status survives a downgrade of the CRDs.
+    return {"type": "object", "description": description,
+            "x-kubernetes-preserve-unknown-fields": True, "properties": {**_COMMON, **fields}}
+
+
+_ROUND_STATUS = _status(
+    "what the operator observed and did for this round",
+    phase=_f("string", "Pending, Training, Aggregating, Succeeded or Failed"),
+    phaseSince=_f("string", "when phase last changed (RFC 3339)"),
+    silosDone=_f("string", "silos succeeded / silos listed"),
+    output=_REF,
+    silos=_atomic("per silo: phase (Pending, Running, Succeeded, Excluded), reason, attempts, "
+                  "job, jobState, cluster, namespace, update {uri, digest}, samples, loss, "
+                  "steps, seconds, note, unreachableSince"),
+    aggregation=_atomic("the aggregation: job, phase, included (silo → update sha256, fixed "
+                        "when it starts), excluded, summary, reason"),
+    roundFile=_f("object", "the ConfigMap its Jobs read the round from: name, sha256, and "
+                 "where it was created (placed; emptied when the round ends)",
+                 **{"x-kubernetes-preserve-unknown-fields": True}),
+)
+_TRAINING_STATUS = _status(
+    "what the operator observed and did for this training",
+    phase=_f("string", "Running, Succeeded or Failed"),
+    currentRound=_f("integer", "the round now running (or the last one)"),
+    completedRounds=_f("integer", "rounds succeeded"),
+    latest=_REF,
+    history=_f("array", "per completed round: round, name, phase, loss, output, included, "
+               "excluded, completionTime", items=_f(
+                   "object", "one round", **{"x-kubernetes-preserve-unknown-fields": True})),
+)
 
 
 def _crd(kind: str, plural: str, short: list[str], spec_schema: dict[str, Any],
-         columns: list[dict[str, Any]]) -> dict[str, Any]:
+         columns: list[dict[str, Any]], status: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -101,7 +168,7 @@ def _crd(kind: str, plural: str, short: list[str], spec_schema: dict[str, Any],
                         "kind": {"type": "string"},
                         "metadata": {"type": "object"},
                         "spec": spec_schema,
-                        "status": _STATUS,
+                        "status": status,
                     },
                 }},
             }],
@@ -128,7 +195,7 @@ def build_crds() -> dict[str, dict[str, Any]]:
                 _col("Phase", ".status.phase"),
                 _col("Loss", ".status.loss", "number"),
                 AGE,
-            ]),
+            ], _TRAINING_STATUS),
         "fedma.io_federatedrounds.yaml": _crd(
             "FederatedRound", "federatedrounds", ["fedround", "fr"], rnd, [
                 _col("Training", ".spec.trainingName", priority=1),
@@ -137,7 +204,7 @@ def build_crds() -> dict[str, dict[str, Any]]:
                 _col("Silos", ".status.silosDone", description="silos done / total"),
                 _col("Loss", ".status.loss", "number"),
                 AGE,
-            ]),
+            ], _ROUND_STATUS),
     }
 
 

@@ -166,6 +166,9 @@ def build_registry(cfg: OperatorConfig, api_factory: ApiFactory = default_api,
                 for etype, reason, message in outcome.events:
                     kopf.event(body, type=etype, reason=reason, message=message[:1000])
                 metrics.reconcile_seconds(kind, time.perf_counter() - t0)
+                log.debug("%s %s/%s: %s in %.3f s; next within %.1f s or when woken", kind,
+                          *key, outcome.status.get("phase") or "reconciled",
+                          time.perf_counter() - t0, outcome.recheck_s or cfg.interval_s)
                 if outcome.done:
                     return
                 await _sleep(woken, stopped, outcome.recheck_s or cfg.interval_s, since=t0)

@@ -28,6 +28,11 @@ def test_the_crds_are_accepted_by_the_apiserver(hub):
                        "fedma.io")
         conds = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
         assert conds["Established"] == "True" and conds.get("NonStructuralSchema") is None
+    # A typed status: `kubectl explain` documents it (from the apiserver's OpenAPI).
+    out = hub.kubectl("explain", "federatedround.status.silos").stdout
+    assert "per silo: phase" in out, out
+    out = hub.kubectl("explain", "federatedtraining.status.history").stdout
+    assert "per completed round" in out, out
 
 
 def test_the_operator_starts_with_only_its_service_account(hub, operator):

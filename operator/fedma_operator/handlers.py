@@ -137,7 +137,10 @@ def build_registry(cfg: OperatorConfig, api_factory: ApiFactory = default_api,
             event.set()
 
     async def loop(kind: str, plural: str, body: Any, stopped: Any,
-                   reconcile: Callable[[dict[str, Any], datetime], Awaitable[Outcome]]) -> None:
+                   reconcile: Callable[[dict[str, Any], datetime], Awaitable[Outcome]],
+                   finished: Callable[[dict[str, Any]], None] = lambda raw: None) -> None:
+        """``finished(raw)`` runs once the final status is written (not before: whoever it
+        wakes must read that status)."""
         meta = body["metadata"]
         key = (meta.get("namespace") or "default", meta["name"])
         woken = wakers.setdefault(key, asyncio.Event())
@@ -165,13 +168,16 @@ def build_registry(cfg: OperatorConfig, api_factory: ApiFactory = default_api,
                     continue
                 for etype, reason, message in outcome.events:
                     kopf.event(body, type=etype, reason=reason, message=message[:1000])
-                metrics.reconcile_seconds(kind, time.perf_counter() - t0)
+                took = time.perf_counter() - t0
+                metrics.reconcile_seconds(kind, took)
                 log.debug("%s %s/%s: %s in %.3f s; next within %.1f s or when woken", kind,
-                          *key, outcome.status.get("phase") or "reconciled",
-                          time.perf_counter() - t0, outcome.recheck_s or cfg.interval_s)
+                          *key, outcome.status.get("phase") or "reconciled", took,
+                          outcome.recheck_s or cfg.interval_s)
                 if outcome.done:
+                    finished(raw)
                     return
-                await _sleep(woken, stopped, outcome.recheck_s or cfg.interval_s, since=t0)
+                await _sleep(woken, stopped, outcome.recheck_s or cfg.interval_s, since=t0,
+                             gap=max(MIN_GAP_S, outcome.gap_s))
         finally:
             if wakers.get(key) is woken:
                 del wakers[key]
@@ -179,14 +185,13 @@ def build_registry(cfg: OperatorConfig, api_factory: ApiFactory = default_api,
     @kopf.daemon(GROUP, VERSION, "federatedrounds", registry=registry, id="reconcile",
                  cancellation_timeout=10)
     async def round_daemon(body: Any, stopped: Any, **_: Any) -> None:
-        async def go(raw: dict[str, Any], now: datetime) -> Outcome:
-            out = await state["rounds"].reconcile(raw, now)
-            if out.done:  # the training's loop creates the next round now, not at its poll
-                wake(raw["metadata"].get("namespace") or "default",
-                     (raw.get("spec") or {}).get("trainingName", ""))
-            return out
+        def finished(raw: dict[str, Any]) -> None:
+            # The training's loop creates the next round now, not at its poll.
+            wake(raw["metadata"].get("namespace") or "default",
+                 (raw.get("spec") or {}).get("trainingName", ""))
 
-        await loop("FederatedRound", "federatedrounds", body, stopped, go)
+        await loop("FederatedRound", "federatedrounds", body, stopped,
+                   state["rounds"].reconcile, finished)
 
     @kopf.daemon(GROUP, VERSION, "federatedtrainings", registry=registry, id="reconcile",
                  cancellation_timeout=10)
@@ -246,10 +251,10 @@ MIN_GAP_S = 0.5
 
 
 async def _sleep(woken: asyncio.Event, stopped: Any, seconds: float,
-                 since: float | None = None) -> None:
+                 since: float | None = None, gap: float = MIN_GAP_S) -> None:
     """Until woken, stopped (kopf's flag) or ``seconds`` pass, whichever is first. A wake-up
     waits a little more so that Jobs finishing together cost one reconcile, not one each,
-    and no sooner than ``MIN_GAP_S`` after the reconcile that began at ``since``
+    and no sooner than ``gap`` after the reconcile that began at ``since``
     (``time.perf_counter()``)."""
     waits = [asyncio.ensure_future(woken.wait()), asyncio.ensure_future(stopped.wait())]
     try:
@@ -260,5 +265,5 @@ async def _sleep(woken: asyncio.Event, stopped: Any, seconds: float,
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await w
     if woken.is_set() and not stopped:
-        gap = MIN_GAP_S - (time.perf_counter() - since) if since is not None else 0.0
-        await asyncio.sleep(max(COALESCE_S, gap))
+        left = gap - (time.perf_counter() - since) if since is not None else 0.0
+        await asyncio.sleep(max(COALESCE_S, left))

@@ -22,6 +22,9 @@ class Outcome:
     # The longest the loop may wait for a wake-up before reconciling again (None: its
     # interval): a round whose every Job is watched needs no poll, only its next deadline.
     recheck_s: float | None = None
+    # Woken again and again (Jobs finishing one after another), reconcile no more often than
+    # this: a round's reconcile costs in proportion to its silos (reconcile.py).
+    gap_s: float = 0.0
 
 
 def now_iso(now: datetime) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 from fedma.rounds import RoundPhase
 from fedma.spec import FederatedTraining, ProjectorRef, SpecError, dump, parse, round_spec
 from fedma_operator.kube import Hub
+from fedma_operator.reconcile import WATCHED_RECHECK_S
 from fedma_operator.status import (
     Outcome,
     accept_spec,
@@ -142,4 +143,6 @@ class TrainingReconciler:
             events.append(("Warning" if phase == "Failed" else "Normal", f"Training{phase}",
                            message))
         patch["conditions"] = merge_conditions(status.get("conditions") or [], conds)
-        return Outcome(patch, events, done)
+        # A running round wakes this loop when it finishes (handlers.py): no need to poll it.
+        waiting = phase == "Running" and "not this training's" not in message
+        return Outcome(patch, events, done, WATCHED_RECHECK_S if waiting else None)

@@ -103,45 +103,40 @@ class Cluster:
             namespace, label_selector=label_selector(selector), _preload_content=False))
         return [j for j in out.get("items", []) if matches(j, selector)]
 
-    async def create_job(self, namespace: str, body: dict[str, Any]) -> bool:
+    async def _create(self, resource: str, call: Callable[[], Awaitable[Any]]) -> bool:
         """True if created, False if one of its name already existed (409: the caller tells
         whether that one is its own)."""
         try:
-            await self._call("create", "jobs", lambda: self.batch.create_namespaced_job(
-                namespace, body, _preload_content=False))
+            await self._call("create", resource, call)
         except ApiException as exc:
             if exc.status == 409:
                 return False
             raise
         return True
+
+    async def _delete(self, resource: str, call: Callable[[], Awaitable[Any]]) -> None:
+        """Deleted, or already gone (404)."""
+        try:
+            await self._call("delete", resource, call)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    async def create_job(self, namespace: str, body: dict[str, Any]) -> bool:
+        return await self._create("jobs", lambda: self.batch.create_namespaced_job(
+            namespace, body, _preload_content=False))
 
     async def delete_job(self, namespace: str, name: str) -> None:
-        try:
-            await self._call("delete", "jobs", lambda: self.batch.delete_namespaced_job(
-                name, namespace, propagation_policy="Background", _preload_content=False))
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+        await self._delete("jobs", lambda: self.batch.delete_namespaced_job(
+            name, namespace, propagation_policy="Background", _preload_content=False))
 
     async def create_config_map(self, namespace: str, body: dict[str, Any]) -> bool:
-        """True if created, False if one of its name already existed."""
-        try:
-            await self._call("create", "configmaps", lambda: self.core.create_namespaced_config_map(
-                namespace, body, _preload_content=False))
-        except ApiException as exc:
-            if exc.status == 409:
-                return False
-            raise
-        return True
+        return await self._create("configmaps", lambda: self.core.create_namespaced_config_map(
+            namespace, body, _preload_content=False))
 
     async def delete_config_map(self, namespace: str, name: str) -> None:
-        try:
-            await self._call("delete", "configmaps",
-                             lambda: self.core.delete_namespaced_config_map(
-                                 name, namespace, _preload_content=False))
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+        await self._delete("configmaps", lambda: self.core.delete_namespaced_config_map(
+            name, namespace, _preload_content=False))
 
     async def list_pods(self, namespace: str, selector: Selector) -> list[dict[str, Any]]:
         out = await self._call("list", "pods", lambda: self.core.list_namespaced_pod(
@@ -180,16 +175,10 @@ class Hub(Cluster):
                                 _preload_content=False))
 
     async def create_round(self, namespace: str, body: dict[str, Any]) -> bool:
-        try:
-            await self._call("create", "federatedrounds",
-                         lambda: self.custom.create_namespaced_custom_object(
-                             GROUP, VERSION, namespace, "federatedrounds", body,
-                             _preload_content=False))
-        except ApiException as exc:
-            if exc.status == 409:
-                return False
-            raise
-        return True
+        return await self._create("federatedrounds",
+                                  lambda: self.custom.create_namespaced_custom_object(
+                                      GROUP, VERSION, namespace, "federatedrounds", body,
+                                      _preload_content=False))
 
     async def get_secret(self, namespace: str, name: str) -> dict[str, Any]:
         return await self._call("get", "secrets",

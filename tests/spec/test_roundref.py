@@ -16,10 +16,10 @@ def test_the_round_file_round_trips_and_its_digest_is_checked(tmp_path):
     path.write_text(text)
     assert roundref.load(path, digest) == rnd
     path.write_text(text.replace('"round":1', '"round":2'))
-    with pytest.raises(SpecError, match="sha256 .* differs from \\$FEDMA_ROUND_SHA256"):
+    with pytest.raises(SpecError, match=r"sha256 .* differs from \$FEDMA_ROUND_SHA256"):
         roundref.load(path, digest)
 
 
 def test_a_missing_round_file_names_the_path(tmp_path):
-    with pytest.raises(SpecError, match="(?s)round.json.*cannot read"):
+    with pytest.raises(SpecError, match=r"(?s)round\.json.*cannot read"):
         roundref.load(tmp_path / "round.json", None)

@@ -1,10 +1,12 @@
 """kopf wiring: one reconcile loop (a kopf daemon) per FederatedRound and FederatedTraining.
 
-Each loop reconciles, then sleeps until woken or ``interval`` passes. Wake-ups come from the
-hub's Job watch (a silo or aggregation Job of the round changed) and from a round finishing
-(its training's loop), so a finished Job is acted on at once instead of at the next poll; the
-interval remains the safety net and the only clock for Jobs in silo clusters the hub does not
-watch. One loop per object means reconciles of an object never overlap. Every reconcile reads
+Each loop reconciles, then sleeps until woken or its recheck time passes. Wake-ups come from
+the hub's Job watch (a silo or aggregation Job of the round finished or went), from a round
+finishing (its training's loop) and from a spec edit, so a finished Job is acted on at once
+instead of at the next poll. A round whose every Job the watch sees waits for those (or its
+deadline; reconcile.py); one with Jobs in silo clusters the hub does not watch keeps the
+``interval``, their only clock. One loop per object means reconciles of an object never
+overlap. Every reconcile reads
 the Jobs afresh, so the same entry point covers creation, operator restarts (kopf starts a
 loop for every object it finds), spec edits (refused, see reconcile.py) and Job progress.
 

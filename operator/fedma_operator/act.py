@@ -20,15 +20,13 @@ from typing import Any
 from fedma.rounds import Decision, JobState
 from fedma.spec import FederatedRound
 from fedma_operator import jobs
-from fedma_operator.kube import Cluster
-from fedma_operator.observe import Placement, round_uid, why
-from fedma_operator.status import now_iso
+from fedma_operator.kube import Cluster, why
+from fedma_operator.observe import Placement
+from fedma_operator.status import Event, now_iso
 
 # Creates and deletes in flight at once per reconcile: 100 silos launch in a few round
 # trips, without a burst that a silo cluster's API priority and fairness would queue.
 CONCURRENCY = 16
-
-Event = tuple[str, str, str]
 
 
 @dataclass
@@ -79,17 +77,18 @@ class Actor:
             self.rnd, self.ref, namespace, self._owner_for(cluster, namespace)))
         self.file["placed"].append(where)
 
-    def _conflict(self, kind: str, name: str, cluster: Cluster, namespace: str) -> str:
-        return (f"{kind} {name} already exists in {namespace} of {cluster.name} and is not "
-                f"this round's (its {jobs.LABEL}/round-uid is not {round_uid(self.rnd)}: an "
+    def _conflict(self, name: str, cluster: Cluster, namespace: str) -> str:
+        return (f"Job {name} already exists in {namespace} of {cluster.name} and is not "
+                f"this round's (its {jobs.LABEL}/round-uid is not {jobs.round_uid(self.rnd)}: an "
                 "earlier object of the same name?); it is left alone")
 
     async def launch_silos(self, decision: Decision, placements: dict[str, Placement],
                            entries: dict[str, dict[str, Any]], now: datetime) -> None:
         """The decision's launches, each recorded in status with the attempt it is."""
         by_group: dict[tuple[str, str], list[Any]] = {}
+        specs = {s.name: s for s in self.rnd.spec.silos}
         for launch in decision.launch:
-            silo = next(s for s in self.rnd.spec.silos if s.name == launch.silo)
+            silo = specs[launch.silo]
             entry, where = entries[silo.name], placements[silo.name]
             name = jobs.silo_job_name(self.rnd.metadata.name, silo.name, launch.attempt)
             entry.update(attempts=launch.attempt, job=name, jobState=JobState.ACTIVE,
@@ -132,9 +131,9 @@ class Actor:
                     self.acts.events.append(("Normal", "SiloJobCreated",
                                              f"silo {silo.name}: Job {name} (attempt {attempt})"))
                     self.acts.started.append((silo.name, attempt))
-                elif round_uid(self.rnd) is not None:
+                elif jobs.round_uid(self.rnd) is not None:
                     # Not in this reconcile's list of the round's Jobs, yet there: not ours.
-                    reason = self._conflict("Job", name, cluster, namespace)
+                    reason = self._conflict(name, cluster, namespace)
                     entry.update(jobState=JobState.FAILED, reason=reason)
                     self.acts.events.append(("Warning", "JobConflict",
                                              f"silo {silo.name}: {reason}"))
@@ -161,9 +160,9 @@ class Actor:
         if created:
             self.acts.events.append(("Normal", "AggregationJobCreated",
                                      f"Job {agg['job']}: {len(included)} silo updates"))
-        elif round_uid(self.rnd) is not None and not again:
-            agg.update(phase=JobState.FAILED, reason=self._conflict(
-                "Job", agg["job"], self.hub, self.namespace))
+        elif jobs.round_uid(self.rnd) is not None and not again:
+            agg.update(phase=JobState.FAILED,
+                       reason=self._conflict(agg["job"], self.hub, self.namespace))
             self.acts.events.append(("Warning", "JobConflict", agg["reason"]))
 
     async def stop(self, stragglers: list[str], placements: dict[str, Placement],

@@ -14,7 +14,7 @@ import yaml
 from kubernetes_asyncio import config
 
 from fedma.spec import SiloSpec
-from fedma_operator.kube import Cluster, Hub, Observer
+from fedma_operator.kube import Cluster, Hub, Observer, why
 
 
 class SiloClusterError(RuntimeError):
@@ -36,7 +36,7 @@ class ClusterPool:
         except Exception as exc:
             raise SiloClusterError(
                 f"silo {silo.name}: kubeconfig Secret {namespace}/{name} unreadable: "
-                f"{getattr(exc, 'reason', None) or exc}") from None
+                f"{why(exc)}") from None
         version = secret.get("metadata", {}).get("resourceVersion", "")
         cached = self._cache.get((namespace, name))
         if cached and cached[0] == version:

@@ -29,11 +29,13 @@ from typing import Any
 import kopf
 from kubernetes_asyncio import client
 
+from fedma.rounds import JobState
 from fedma.spec import GROUP
 from fedma_operator.clusters import ClusterPool
 from fedma_operator.jobs import JobSettings
 from fedma_operator.kube import DEFAULT_TIMEOUT_S, VERSION, Hub
 from fedma_operator.metrics import Metrics
+from fedma_operator.observe import job_state
 from fedma_operator.reconcile import Outcome, RoundReconciler
 from fedma_operator.training import TrainingReconciler
 
@@ -236,13 +238,7 @@ def settled(job: Any, event: str | None) -> bool:
     """A Job event a round acts on: the Job finished (a terminal condition) or is gone. A
     Job's other changes (its pod created, running, ready) would each wake a full reconcile
     that finds nothing to do: five or six per Job, hundreds per round at 100 silos."""
-    if event == "DELETED":
-        return True
-    for c in (job.get("status") or {}).get("conditions") or []:
-        if c.get("status") == "True" and c.get("type") in (
-                "Complete", "Failed", "SuccessCriteriaMet", "FailureTarget"):
-            return True
-    return False
+    return event == "DELETED" or job_state(job)[0] != JobState.ACTIVE
 
 
 COALESCE_S = 0.05  # after a wake-up, let the rest of a burst of Job events arrive

@@ -93,6 +93,12 @@ def aggregation_job_name(round_name: str) -> str:
     return dns_name(round_name, "aggregate")
 
 
+def round_uid(rnd: FederatedRound) -> str | None:
+    """The uid of the round object (None before the API server gave it one)."""
+    extra = rnd.metadata.model_extra or {}
+    return str(extra["uid"]) if extra.get("uid") else None
+
+
 def labels(rnd: FederatedRound, role: str, silo: str | None = None,
            attempt: int | None = None) -> dict[str, str]:
     out = {
@@ -106,8 +112,9 @@ def labels(rnd: FederatedRound, role: str, silo: str | None = None,
         f"{LABEL}/round-namespace": rnd.metadata.namespace or "default",
         f"{LABEL}/role": role,
     }
-    if rnd.metadata.model_extra and rnd.metadata.model_extra.get("uid"):
-        out[f"{LABEL}/round-uid"] = str(rnd.metadata.model_extra["uid"])
+    uid = round_uid(rnd)
+    if uid is not None:
+        out[f"{LABEL}/round-uid"] = uid
     if silo is not None:
         out[f"{LABEL}/silo"] = silo
     if attempt is not None:

@@ -36,6 +36,11 @@ def _noop(verb: str, resource: str, seconds: float, error: bool) -> None:
 DEFAULT_TIMEOUT_S = 30.0
 
 
+def why(exc: BaseException) -> str:
+    """An API error's reason (the server's message) rather than its whole repr."""
+    return str(getattr(exc, "reason", None) or exc)
+
+
 class NoAnswer(RuntimeError):
     """A call that got no complete answer within its deadline; the message says which."""
 

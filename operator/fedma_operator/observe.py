@@ -25,13 +25,8 @@ from fedma.rounds import JobState, SiloObservation
 from fedma.spec import FederatedRound
 from fedma_operator import jobs
 from fedma_operator.clusters import ClusterPool, SiloClusterError
-from fedma_operator.kube import Cluster, Selector
+from fedma_operator.kube import Cluster, Selector, why
 from fedma_operator.status import now_iso, parse_time
-
-
-def why(exc: BaseException) -> str:
-    """An API error's reason (the server's message) rather than its whole repr."""
-    return str(getattr(exc, "reason", None) or exc)
 
 
 def job_state(job: dict[str, Any]) -> tuple[JobState, str]:
@@ -72,13 +67,6 @@ def termination_summary(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
 def _digest_ok(ref: Any) -> bool:
     return (isinstance(ref, dict) and isinstance(ref.get("digest"), str)
             and len(ref["digest"]) == 64 and isinstance(ref.get("uri"), str))
-
-
-
-
-def round_uid(rnd: FederatedRound) -> str | None:
-    extra = rnd.metadata.model_extra or {}
-    return str(extra["uid"]) if extra.get("uid") else None
 
 
 def ours(job: dict[str, Any], uid: str | None) -> bool:
@@ -202,7 +190,7 @@ async def observe_group(rnd: FederatedRound, cluster: Cluster, namespace: str,
         return out
     selector: Selector = {f"{jobs.LABEL}/round-name": rnd.metadata.name,
                           f"{jobs.LABEL}/role": "silo"}
-    uid = round_uid(rnd)
+    uid = jobs.round_uid(rnd)
     found: dict[str, list[dict[str, Any]]] = defaultdict(list)
     # Only the silos still open: a round's late reconciles read a few Jobs, not all of them.
     wanted = selector if len(pending) == len(entries) else {
@@ -297,7 +285,7 @@ async def observe_aggregation(rnd: FederatedRound, hub: Cluster, namespace: str,
         return AggregationSeen(JobState.SUCCEEDED)
     selector = {f"{jobs.LABEL}/round-name": rnd.metadata.name,
                 f"{jobs.LABEL}/role": "aggregate"}
-    uid = round_uid(rnd)
+    uid = jobs.round_uid(rnd)
     found = [j for j in await hub.list_jobs(namespace, selector) if ours(j, uid)]
     if not found:
         return AggregationSeen(JobState.ACTIVE, missing=True)

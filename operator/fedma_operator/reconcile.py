@@ -81,11 +81,10 @@ class RoundReconciler:
         old: dict[str, dict[str, Any]] = status.get("silos") or {}
         entries = {s.name: {"attempts": 0, **old.get(s.name, {})} for s in rnd.spec.silos}
         placements = await place(self.pool, rnd, namespace)
-        for name, where in placements.items():
-            entries[name]["namespace"] = where.namespace
-            entries[name]["cluster"] = (where.cluster.name if where.cluster else
-                                        next(s.kubeconfig_secret for s in rnd.spec.silos
-                                             if s.name == name))
+        for silo in rnd.spec.silos:
+            where = placements[silo.name]
+            entries[silo.name].update(namespace=where.namespace, cluster=where.cluster.name
+                                      if where.cluster else silo.kubeconfig_secret)
         agg = dict(status.get("aggregation") or {})
         silos = await observe_silos(rnd, placements, entries, self.pool.hub, now,
                                     self.cluster_grace_s)

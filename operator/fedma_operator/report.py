@@ -9,9 +9,7 @@ from typing import Any
 
 from fedma import termination
 from fedma.rounds import Decision, JobState, RoundPhase, SiloPhase
-from fedma_operator.status import condition, merge_conditions, now_iso
-
-Event = tuple[str, str, str]
+from fedma_operator.status import Event, condition, merge_conditions, now_iso
 
 
 @dataclass

@@ -13,11 +13,13 @@ from typing import Any
 from fedma.rounds import RoundPhase
 from fedma.spec import SpecError
 
+Event = tuple[str, str, str]  # (type, reason, message) of a Kubernetes Event
+
 
 @dataclass
 class Outcome:
     status: dict[str, Any]  # merge-patch for .status
-    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+    events: list[Event] = field(default_factory=list)
     done: bool = False  # Succeeded or Failed: no more reconciles needed
     # The longest the loop may wait for a wake-up before reconciling again (None: its
     # interval): a round whose every Job is watched needs no poll, only its next deadline.

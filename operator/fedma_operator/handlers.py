@@ -13,6 +13,9 @@ loop for every object it finds), spec edits (refused, see reconcile.py) and Job 
 The loop writes status itself (a merge patch on the status subresource) and reconciles next
 from what the API server returned, not from the watch's copy, which may lag behind its own
 write. Events go through ``kopf.event``.
+
+A deleted round first releases its Jobs in silo clusters and other hub namespaces (kopf's
+finalizer, release.py), which the garbage collector cannot reach.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,6 +40,8 @@ from fedma_operator.kube import DEFAULT_TIMEOUT_S, VERSION, Hub
 from fedma_operator.metrics import Metrics
 from fedma_operator.observe import job_state
 from fedma_operator.reconcile import Outcome, RoundReconciler
+from fedma_operator.release import release
+from fedma_operator.tenancy import Tenancy
 from fedma_operator.training import TrainingReconciler
 
 log = logging.getLogger("fedma.operator")
@@ -58,6 +63,8 @@ class OperatorConfig:
     # Deadline of every API call the reconcilers make (hub and silo clusters): an endpoint
     # that accepts and never answers costs this, then counts as unreachable.
     api_timeout_s: float = DEFAULT_TIMEOUT_S
+    # What a tenant's spec may make the operator do (hub silo namespaces, images).
+    tenancy: Tenancy = field(default_factory=Tenancy)
 
 
 async def default_api() -> client.ApiClient:
@@ -120,8 +127,8 @@ def build_registry(cfg: OperatorConfig, api_factory: ApiFactory = default_api,
         pool = ClusterPool(hub)
         state.update(api=api, hub=hub, pool=pool,
                      rounds=RoundReconciler(pool, cfg.job_settings, metrics,
-                                            cfg.cluster_grace_s, watched),
-                     trainings=TrainingReconciler(hub))
+                                            cfg.cluster_grace_s, watched, cfg.tenancy),
+                     trainings=TrainingReconciler(hub, cfg.tenancy))
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
@@ -196,6 +203,19 @@ def build_registry(cfg: OperatorConfig, api_factory: ApiFactory = default_api,
 
         await loop("FederatedRound", "federatedrounds", body, stopped,
                    state["rounds"].reconcile, finished)
+
+    @kopf.on.delete(GROUP, VERSION, "federatedrounds", registry=registry, id="release")
+    async def round_deleted(body: Any, **_: Any) -> None:
+        """Jobs where no ownerReference reaches (release.py); never raises, so a cluster
+        that cannot be reached costs bounded tries and an Event, not a stuck deletion."""
+        try:
+            events = await release(state["pool"], plain(body))
+        except Exception as exc:  # e.g. the hub itself unreachable: do not block deletion
+            log.exception("FederatedRound %s/%s: release failed", body["metadata"].get(
+                "namespace"), body["metadata"]["name"])
+            events = [("Warning", "RoundReleaseFailed", f"cannot release the round: {exc}")]
+        for etype, reason, message in events:
+            kopf.event(body, type=etype, reason=reason, message=message[:1000])
 
     @kopf.daemon(GROUP, VERSION, "federatedtrainings", registry=registry, id="reconcile",
                  cancellation_timeout=10)

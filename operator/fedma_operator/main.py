@@ -13,6 +13,7 @@ from fedma_operator.handlers import OperatorConfig, build_registry
 from fedma_operator.jobs import JobSettings
 from fedma_operator.kube import DEFAULT_TIMEOUT_S
 from fedma_operator.metrics import serve
+from fedma_operator.tenancy import Tenancy
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,6 +50,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                               JobSettings.ttl_after_finished_s or 0)),
                    help="seconds a finished Job is kept (ttlSecondsAfterFinished; 0: kept "
                         "until its round is deleted)")
+    p.add_argument("--silo-namespace", action="append", default=[],
+                   help="a hub namespace, besides the object's own, where silo Jobs may run "
+                        "(repeatable; default: none)")
+    p.add_argument("--allowed-image", action="append", default=[],
+                   help="an image a silo may name: a repository, an exact reference, or a "
+                        "prefix ending in / (repeatable; default: any image)")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     if not args.all_namespaces and not args.namespace:
@@ -75,7 +82,9 @@ def main(argv: list[str] | None = None) -> None:
                                      ttl_after_finished_s=args.job_ttl or None),
                          interval_s=args.interval, cluster_grace_s=args.silo_cluster_grace,
                          clusterwide=args.all_namespaces, namespaces=tuple(args.namespace),
-                         api_timeout_s=args.api_timeout)
+                         api_timeout_s=args.api_timeout,
+                         tenancy=Tenancy(frozenset(args.silo_namespace),
+                                         tuple(args.allowed_image), args.trainer_image))
     asyncio.run(kopf.operator(
         registry=build_registry(cfg), standalone=True, clusterwide=args.all_namespaces,
         namespaces=args.namespace, liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz",

@@ -31,6 +31,7 @@ from fedma_operator.clusters import ClusterPool
 from fedma_operator.observe import Placement, observe_aggregation, observe_silos, place
 from fedma_operator.report import Settled, report, settle
 from fedma_operator.status import Outcome, accept_spec, invalid, now_iso, parse_time
+from fedma_operator.tenancy import Tenancy
 
 log = logging.getLogger("fedma.operator")
 
@@ -48,12 +49,14 @@ GAP_PER_SILO_S = 0.01
 class RoundReconciler:
     def __init__(self, pool: ClusterPool, settings: jobs.JobSettings, metrics: Any = None,
                  cluster_grace_s: float = 60.0,
-                 watched: Callable[[str], bool] = lambda namespace: False):
+                 watched: Callable[[str], bool] = lambda namespace: False,
+                 tenancy: Tenancy | None = None):
         self.pool = pool
         self.settings = settings
         self.metrics = metrics
         self.cluster_grace_s = cluster_grace_s
         self.watched = watched  # is this hub namespace in the operator's Job watch?
+        self.tenancy = tenancy or Tenancy(trainer_image=settings.trainer_image)
 
     async def reconcile(self, body: dict[str, Any], now: datetime) -> Outcome:
         meta = body.get("metadata", {})
@@ -63,16 +66,20 @@ class RoundReconciler:
         if status.get("phase") in (RoundPhase.SUCCEEDED, RoundPhase.FAILED):
             return Outcome({}, done=True)
         spec, patch, conds, events = accept_spec(body, status, generation, now)
+        source = f"FederatedRound {namespace}/{meta.get('name')}"
         try:
             # Only what identifies the object: the Jobs' round file must not change with
             # every write (resourceVersion, managedFields).
             ident = {k: meta[k] for k in ("name", "namespace", "uid") if meta.get(k)}
             rnd = parse({"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
                          "metadata": ident, "spec": spec},
-                        source=f"FederatedRound {namespace}/{meta.get('name')}")
+                        source=source)
         except SpecError as exc:
             return invalid(exc, status, generation, now)
         assert isinstance(rnd, FederatedRound)
+        refused = self.tenancy.check(rnd.spec.silos, namespace, source)
+        if refused is not None:
+            return invalid(refused, status, generation, now, reason="NotPermitted")
         start = parse_time(status.get("startTime")) or now
         patch.update(startTime=now_iso(start))
         elapsed = (now - start).total_seconds()

@@ -90,15 +90,18 @@ def accept_spec(body: dict[str, Any], status: dict[str, Any], generation: int, n
     return accepted, patch, conds, events
 
 
-def invalid(exc: SpecError, status: dict[str, Any], generation: int, now: datetime) -> Outcome:
-    msg = "; ".join(f"spec.{p}: {m}" if not p.startswith(("apiVersion", "kind", "metadata"))
-                    else f"{p}: {m}" for p, m in exc.errors)
+def invalid(exc: SpecError, status: dict[str, Any], generation: int, now: datetime,
+            reason: str = "InvalidSpec") -> Outcome:
+    """Failed for good: a spec the schema admitted but fedma refuses (``InvalidSpec``), or
+    one the operator will not run for this tenant (``NotPermitted``, tenancy.py)."""
+    # Paths are whole-object (``spec.training.batchSize``), as parse() and tenancy.py give.
+    msg = "; ".join(f"{p}: {m}" for p, m in exc.errors)
     return Outcome({
         "phase": RoundPhase.FAILED, "observedGeneration": generation,
         "completionTime": now_iso(now), "message": msg,
         "conditions": merge_conditions(status.get("conditions") or [], [
-            condition("InvalidSpec", True, "InvalidSpec", msg, generation, now),
-            condition("Succeeded", False, "InvalidSpec", msg, generation, now)]),
-    }, [("Warning", "InvalidSpec", msg)], done=True)
+            condition("InvalidSpec", True, reason, msg, generation, now),
+            condition("Succeeded", False, reason, msg, generation, now)]),
+    }, [("Warning", reason, msg)], done=True)
 
 

@@ -23,6 +23,7 @@ from fedma_operator.status import (
     merge_conditions,
     now_iso,
 )
+from fedma_operator.tenancy import Tenancy
 
 
 def _ref(value: Any) -> ProjectorRef | None:
@@ -45,8 +46,11 @@ def foreign_owner(obj: dict[str, Any], uid: str | None) -> str | None:
 
 
 class TrainingReconciler:
-    def __init__(self, hub: Hub):
+    def __init__(self, hub: Hub, tenancy: Tenancy | None = None):
         self.hub = hub
+        # Checked before any round is created: a refused silo fails the training at once,
+        # not its first round (which checks again: a round can be created by hand).
+        self.tenancy = tenancy or Tenancy()
 
     async def reconcile(self, body: dict[str, Any], now: datetime) -> Outcome:
         meta = body.get("metadata", {})
@@ -56,15 +60,20 @@ class TrainingReconciler:
         if status.get("phase") in ("Succeeded", "Failed"):
             return Outcome({}, done=True)
         spec, patch, conds, events = accept_spec(body, status, generation, now)
+        source = f"FederatedTraining {namespace}/{meta.get('name')}"
         try:
             training = parse({**{k: body[k] for k in ("apiVersion", "kind", "metadata")
-                                 if k in body}, "spec": spec},
-                             source=f"FederatedTraining {namespace}/{meta.get('name')}")
+                                 if k in body}, "spec": spec}, source=source)
         except SpecError as exc:
             out = invalid(exc, status, generation, now)
             out.status.pop("completionTime", None)
             return out
         assert isinstance(training, FederatedTraining)
+        refused = self.tenancy.check(training.spec.silos, namespace, source)
+        if refused is not None:
+            out = invalid(refused, status, generation, now, reason="NotPermitted")
+            out.status.pop("completionTime", None)
+            return out
         total = training.spec.rounds
         current = int(status.get("currentRound") or 1)
         history: list[dict[str, Any]] = list(status.get("history") or [])

@@ -27,8 +27,10 @@ K8S_VERSION = "1.30.0"
 PROMETHEUS_OPERATOR_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 CASES = {
     "hub-defaults": {"role": "hub"},
-    "hub-everything": deep_merge(MONITORING, {"role": "hub",
-                                              "operator": {"watchNamespaces": ["a", "b"]}}),
+    "hub-everything": deep_merge(MONITORING, {"role": "hub", "operator": {
+        "watchNamespaces": ["a", "b"], "siloNamespaces": ["team-a-silo"],
+        "allowedImages": ["ghcr.io/fedma/", "registry.example.com/ml/trainer"]}}),
+    "hub-all-namespaces": {"role": "hub", "operator": {"allNamespaces": True}},
     "hub-example": example_values("hub"),
     "silo-defaults": {"role": "silo"},
     "silo-everything": deep_merge(MONITORING, {
@@ -109,12 +111,20 @@ def test_operator_pod_is_locked_down_and_probed(chart):
 def test_operator_arguments_are_ones_it_accepts(chart):
     from fedma_operator.main import parse_args
 
-    for case in ("hub-defaults", "hub-everything", "hub-example"):
+    for case in ("hub-defaults", "hub-everything", "hub-example", "hub-all-namespaces"):
         (dep,) = by_kind(render(chart, CASES[case]), "Deployment")
         args = parse_args(_containers(dep)[0]["args"])
         assert args.trainer_service_account == "fedma-trainer"
-        assert args.all_namespaces == (case == "hub-defaults")
+        assert args.all_namespaces == (case == "hub-all-namespaces")
         assert args.silo_cluster_grace == 60.0 and args.interval == 10.0
+        op = CASES[case].get("operator", {})
+        assert args.silo_namespace == op.get("siloNamespaces", [])
+        assert args.allowed_image == op.get("allowedImages", [])
+
+
+def test_all_namespaces_and_a_namespace_list_are_refused_together(chart):
+    with pytest.raises(helm.HelmError, match=r"allNamespaces and operator\.watchNamespaces"):
+        render(chart, {"operator": {"allNamespaces": True, "watchNamespaces": ["a"]}})
 
 
 def test_image_tag_defaults_to_the_app_version(chart):
@@ -208,6 +218,8 @@ BAD_VALUES = [
     ({"role": "server"}, "role"),
     ({"operator": {"metricsPort": 70000}}, "metricsPort"),
     ({"operator": {"watchNamespaces": ["Not_A_Namespace"]}}, "watchNamespaces"),
+    ({"operator": {"siloNamespaces": ["Not_A_Namespace"]}}, "siloNamespaces"),
+    ({"operator": {"allowedImages": ["has space"]}}, "allowedImages"),
     ({"images": {"operator": {"tag": "has space"}}}, "tag"),
     ({"operator": {"replicas": 2}}, "replicas"),
     ({"monitoring": {"serviceMonitor": {"interval": "soon"}}}, "interval"),

@@ -2,10 +2,11 @@
 
 Which verbs the operator needs is proven on the real apiserver, from its audit log
 (tests/kube/test_rbac_audit.py: every request allowed, every grant used). What is checked here
-is what the audit log of the default (all-namespaces) install cannot show: no wildcard or
-unbounded rule anywhere, the namespaced install (``operator.watchNamespaces``) granting the same
-namespaced rights only in those namespaces and nothing cluster-wide, and the silo chart's Role
-being the hub's Job and pod rights, so one code path works in every cluster.
+is what the audit log of the all-namespaces install the kube tests use cannot show: no wildcard
+or unbounded rule anywhere, the namespaced install (the default: the release namespace, or
+``operator.watchNamespaces``) granting the same namespaced rights only in those namespaces and
+nothing cluster-wide, and the silo chart's Role being the hub's Job and pod rights, so one code
+path works in every cluster.
 """
 
 from __future__ import annotations
@@ -29,8 +30,11 @@ def _grants(roles: list[dict[str, Any]]) -> set[Grant]:
     return out
 
 
+ALL = {"role": "hub", "operator": {"allNamespaces": True}}
+
+
 def test_hub_all_namespaces_binds_its_cluster_roles_to_the_operator_only(chart):
-    docs = render(chart, {"role": "hub"})
+    docs = render(chart, ALL)
     roles = by_kind(docs, "ClusterRole")
     assert ("create", "batch", "jobs") in _grants(roles)
     bindings = by_kind(docs, "ClusterRoleBinding")
@@ -41,8 +45,18 @@ def test_hub_all_namespaces_binds_its_cluster_roles_to_the_operator_only(chart):
     assert not by_kind(docs, "Role") and not by_kind(docs, "RoleBinding")
 
 
+def test_hub_by_default_grants_its_rights_in_the_release_namespace_only(chart):
+    docs = render(chart, {"role": "hub"})
+    assert not by_kind(docs, "ClusterRoleBinding")
+    (binding,) = by_kind(docs, "RoleBinding")
+    assert binding["metadata"]["namespace"] == NAMESPACE
+    (operator,) = by_kind(docs, "Deployment")
+    args = operator["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert f"--namespace={NAMESPACE}" in args and "--all-namespaces" not in args
+
+
 def test_hub_with_watched_namespaces_grants_the_same_only_there(chart):
-    everywhere = _grants(by_kind(render(chart, {"role": "hub"}), "ClusterRole"))
+    everywhere = _grants(by_kind(render(chart, ALL), "ClusterRole"))
     docs = render(chart, {"role": "hub", "operator": {"watchNamespaces": ["team-a", "team-b"]}})
     roles = {r["metadata"]["name"]: r for r in by_kind(docs, "ClusterRole")}
     # Nothing cluster-wide: with --namespace the operator does not follow CRDs or namespaces.
@@ -57,7 +71,7 @@ def test_hub_with_watched_namespaces_grants_the_same_only_there(chart):
 
 
 def test_silo_role_is_the_hubs_job_pod_and_round_file_rights_only(chart):
-    hub = _grants(by_kind(render(chart, {"role": "hub"}), "ClusterRole"))
+    hub = _grants(by_kind(render(chart, ALL), "ClusterRole"))
     docs = render(chart, {"role": "silo"})
     (role,) = by_kind(docs, "Role")
     # The hub's cluster-wide Job watch is its own (kopf's); in a silo cluster the operator

@@ -36,7 +36,10 @@ SILO_NAMESPACE = "fedma-silo"  # in a silo's own cluster, as in the README
 HUB_SILO_NAMESPACE = "fedma-local-silo"
 HUB_VALUES: dict[str, Any] = {
     "role": "hub",
-    "operator": {"interval": 1, "siloClusterGrace": 8, "apiTimeout": 3},
+    # Every namespace (the install with the most rights, so the audit test sees them all);
+    # silo Jobs on the hub also in HUB_SILO_NAMESPACE; silo images only the project's.
+    "operator": {"interval": 1, "siloClusterGrace": 8, "apiTimeout": 3, "allNamespaces": True,
+                 "siloNamespaces": [HUB_SILO_NAMESPACE], "allowedImages": ["ghcr.io/fedma/"]},
     # Processes share one network namespace here; a fixed trainer port would collide.
     "trainer": {"metricsPort": 0},
 }

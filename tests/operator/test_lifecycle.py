@@ -192,6 +192,7 @@ async def test_invalid_spec_fails_with_the_field_path(k8s, operator):
     assert conds["InvalidSpec"]["status"] == "True"
     msg = conds["InvalidSpec"]["message"]
     assert "spec.training.batchSize" in msg and "spec.training.learningRat" in msg
+    assert "spec.spec." not in msg, msg  # whole-object paths, not prefixed twice
     assert not await JobController(api).jobs()
 
 

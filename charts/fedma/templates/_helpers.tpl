@@ -78,3 +78,13 @@ Call with (dict "ctx" . "kind" "ServiceMonitor" "value" "monitoring.serviceMonit
 {{- fail (printf "%s=true, but this cluster has no %s API (monitoring.coreos.com/v1): install the prometheus-operator CRDs first (e.g. kube-prometheus-stack) or set %s=false" .value .kind .value) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The namespaces a namespaced hub operator serves (JSON list): operator.watchNamespaces, or
+     the release namespace when none is listed. */}}
+{{- define "fedma.watchNamespaces" -}}
+{{- $op := .Values.operator }}
+{{- if and $op.allNamespaces $op.watchNamespaces }}
+{{- fail "operator.allNamespaces and operator.watchNamespaces exclude each other: set one" }}
+{{- end }}
+{{- toJson (default (list .Release.Namespace) $op.watchNamespaces) }}
+{{- end }}

@@ -37,6 +37,9 @@ CASES = {
         "role": "silo", "data": {"persistentVolumeClaim": {"create": True}},
         "hubIdentity": {"subjects": [{"kind": "User", "name": "hub@example.org"}]}}),
     "silo-example": example_values("silo"),
+    "silo-openshift-dns": {"role": "silo", "networkPolicy": {
+        "dns": {"preset": "openshift", "cidrs": ["172.30.0.10/32"]},
+        "store": {"peers": [{"namespaceSelector": {"matchLabels": {"store": "minio"}}}]}}},
 }
 
 
@@ -145,12 +148,57 @@ def test_trainer_network_policy_allows_only_dns_and_the_store(chart):
     assert store["ports"] == [{"port": 443, "protocol": "TCP"}]
     (metrics,) = spec["ingress"]
     assert metrics["ports"] == [{"port": 9400, "protocol": "TCP"}]
-    # No store given: public endpoints only, never cluster-internal or metadata addresses.
+    # A silo with no store given: DNS and nothing else (default-deny).
     (np,) = by_kind(render(chart, {"role": "silo"}), "NetworkPolicy")
+    (dns,) = np["spec"]["egress"]
+    assert {p["port"] for p in dns["ports"]} == {53}
+    assert np["spec"]["ingress"] == []
+    # A hub with no store given: public endpoints only, never cluster-internal or metadata.
+    (np,) = by_kind(render(chart, {"role": "hub"}), "NetworkPolicy")
     (block,) = np["spec"]["egress"][1]["to"]
     assert "169.254.0.0/16" in block["ipBlock"]["except"]
     assert "10.0.0.0/8" in block["ipBlock"]["except"]
-    assert np["spec"]["ingress"] == []
+
+
+KUBE_DNS = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
+DNS_PRESETS = {
+    "kube-dns": ([KUBE_DNS], {53}),
+    "nodelocal": ([{"ipBlock": {"cidr": "169.254.20.10/32"}}, KUBE_DNS], {53}),
+    "openshift": ([{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "openshift-dns"}}, "podSelector": {"matchLabels": {
+            "dns.operator.openshift.io/daemonset-dns": "default"}}}], {5353, 53}),
+    "gke-cloud-dns": ([{"ipBlock": {"cidr": "169.254.169.254/32"}}], {53}),
+}
+
+
+@pytest.mark.parametrize("preset", DNS_PRESETS)
+def test_dns_presets_reach_where_each_platform_resolves(chart, preset):
+    to, ports = DNS_PRESETS[preset]
+    values = {"role": "silo", "networkPolicy": {"dns": {"preset": preset},
+                                                "store": {"cidrs": ["203.0.113.10/32"]}}}
+    (np,) = by_kind(render(chart, values), "NetworkPolicy")
+    dns, store = np["spec"]["egress"]
+    assert dns["to"] == to
+    assert sorted((p["port"], p["protocol"]) for p in dns["ports"]) == sorted(
+        (p, proto) for p in ports for proto in ("TCP", "UDP"))
+    assert store["to"] == [{"ipBlock": {"cidr": "203.0.113.10/32"}}]
+
+
+def test_dns_targets_and_ports_can_be_added_and_replaced(chart):
+    values = {"networkPolicy": {"dns": {"preset": "nodelocal", "cidrs": ["10.96.0.10/32"],
+                                        "peers": [{"podSelector": {"matchLabels": {"a": "b"}}}],
+                                        "ports": [1053]}}}
+    (np,) = by_kind(render(chart, values), "NetworkPolicy")
+    dns = np["spec"]["egress"][0]
+    assert dns["to"][-2:] == [{"ipBlock": {"cidr": "10.96.0.10/32"}},
+                              {"podSelector": {"matchLabels": {"a": "b"}}}]
+    assert {p["port"] for p in dns["ports"]} == {1053}
+    with pytest.raises(helm.HelmError, match=r"dns\.preset=none needs networkPolicy\.dns\.cidrs"):
+        render(chart, {"networkPolicy": {"dns": {"preset": "none"}}})
+    (np,) = by_kind(render(chart, {"networkPolicy": {"dns": {
+        "preset": "none", "cidrs": ["10.0.0.53/32"]}}}), "NetworkPolicy")
+    assert np["spec"]["egress"][0]["to"] == [{"ipBlock": {"cidr": "10.0.0.53/32"}}]
 
 
 def test_trainer_pods_match_the_policy_and_the_pod_monitor(chart):
@@ -212,6 +260,11 @@ def test_notes_tell_each_role_its_next_step(chart):
     assert "create secret generic fedma-s3" in hub
     silo = notes(chart, example_values("silo"))
     assert "fedma-hub-token" in silo and "kubeconfigSecret" in silo and "hospital-b-data" in silo
+    assert "WARNING" not in silo and "public address" not in hub
+    # No store address: the silo is told its updates cannot leave, and which value to set.
+    bare = notes(chart, {"role": "silo"})
+    assert "WARNING: networkPolicy.store is empty" in bare and "store.cidrs" in bare, bare
+    assert "public address on ports 443" in notes(chart, {"role": "hub"})
 
 
 BAD_VALUES = [
@@ -224,6 +277,8 @@ BAD_VALUES = [
     ({"operator": {"replicas": 2}}, "replicas"),
     ({"monitoring": {"serviceMonitor": {"interval": "soon"}}}, "interval"),
     ({"networkPolicy": {"store": {"cidrs": ["not-a-cidr"]}}}, "cidrs"),
+    ({"networkPolicy": {"dns": {"preset": "coredns"}}}, "preset"),
+    ({"networkPolicy": {"dns": {"ports": [0]}}}, "ports"),
     ({"data": {"persistentVolumeClaim": {"accessModes": ["ReadWriteSometimes"]}}},
      "accessModes"),
 ]

@@ -159,3 +159,19 @@ def test_monitors_without_the_prometheus_operator_crds_fail_the_install_cleanly(
                         "persistentvolumeclaims,secrets", "-A", "-l",
                         "app.kubernetes.io/instance=mon", "-o", "name").stdout
     assert left == "", left
+
+
+@pytest.mark.parametrize("preset", ["kube-dns", "nodelocal", "openshift", "gke-cloud-dns"])
+def test_the_network_policy_of_every_dns_preset_is_admitted(hub, preset):
+    """Each preset renders a NetworkPolicy the real apiserver accepts, strictly (a peer, CIDR
+    or port it would refuse fails here). Admitted, not enforced: no network plugin runs here
+    (docs/deploy.md, what the tests cover)."""
+    out = hub.helm("template", "fedma-silo", "charts/fedma", "-n", NAMESPACE, "-s",
+                   "templates/networkpolicy.yaml", "--set", "role=silo",
+                   "--set", f"networkPolicy.dns.preset={preset}",
+                   "--set", "networkPolicy.dns.cidrs={10.96.0.10/32}",
+                   "--set", "networkPolicy.store.cidrs={203.0.113.10/32}")
+    (doc,) = [d for d in yaml.safe_load_all(out.stdout) if d]
+    res = hub.kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-",
+                      input=yaml.safe_dump(doc), check=False)
+    assert res.returncode == 0, res.stderr

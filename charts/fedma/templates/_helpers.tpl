@@ -88,3 +88,29 @@ Call with (dict "ctx" . "kind" "ServiceMonitor" "value" "monitoring.serviceMonit
 {{- end }}
 {{- toJson (default (list .Release.Namespace) $op.watchNamespaces) }}
 {{- end }}
+
+{{/* Egress rules to the cluster's DNS (networkPolicy.dns): the preset's targets and ports,
+     plus dns.cidrs and dns.peers; dns.ports replaces the preset's ports. UDP and TCP each. */}}
+{{- define "fedma.dnsEgress" -}}
+{{- $dns := .Values.networkPolicy.dns }}
+{{- $kubeDns := dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" $dns.namespace)) "podSelector" (dict "matchLabels" $dns.podLabels) }}
+{{- $presets := dict
+    "kube-dns" (dict "to" (list $kubeDns) "ports" (list 53))
+    "nodelocal" (dict "to" (list (dict "ipBlock" (dict "cidr" "169.254.20.10/32")) $kubeDns) "ports" (list 53))
+    "openshift" (dict "to" (list (dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" "openshift-dns")) "podSelector" (dict "matchLabels" (dict "dns.operator.openshift.io/daemonset-dns" "default")))) "ports" (list 5353 53))
+    "gke-cloud-dns" (dict "to" (list (dict "ipBlock" (dict "cidr" "169.254.169.254/32"))) "ports" (list 53))
+    "none" (dict "to" (list) "ports" (list 53)) }}
+{{- $preset := get $presets $dns.preset }}
+{{- $to := $preset.to }}
+{{- range $dns.cidrs }}{{ $to = append $to (dict "ipBlock" (dict "cidr" .)) }}{{ end }}
+{{- range $dns.peers }}{{ $to = append $to . }}{{ end }}
+{{- if not $to }}
+{{- fail "networkPolicy.dns.preset=none needs networkPolicy.dns.cidrs or .peers: trainer pods must resolve the store's name" }}
+{{- end }}
+{{- $ports := list }}
+{{- range (default $preset.ports $dns.ports) }}
+{{- $ports = append $ports (dict "port" . "protocol" "UDP") }}
+{{- $ports = append $ports (dict "port" . "protocol" "TCP") }}
+{{- end }}
+{{- toYaml (list (dict "to" $to "ports" $ports)) }}
+{{- end }}

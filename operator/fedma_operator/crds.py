@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from fedma.spec import API_VERSION, GROUP, FederatedRoundSpec, FederatedTrainingSpec
+from fedma_operator.training import HISTORY_NAMES, HISTORY_ROUNDS
 
 VERSION = API_VERSION.split("/")[1]
 _DROP = {"title", "description_", "discriminator"}
@@ -139,8 +140,9 @@ _TRAINING_STATUS = _status(
     currentRound=_f("integer", "the round now running (or the last one)"),
     completedRounds=_f("integer", "rounds succeeded"),
     latest=_REF,
-    history=_f("array", "per completed round: round, name, phase, loss, output, included, "
-               "excluded, completionTime", items=_f(
+    history=_f("array", f"the newest {HISTORY_ROUNDS} completed rounds: round, name, phase, "
+               "loss, output, silosIncluded, silosExcluded, excluded (the first "
+               f"{HISTORY_NAMES} names), completionTime", maxItems=HISTORY_ROUNDS, items=_f(
                    "object", "one round", **{"x-kubernetes-preserve-unknown-fields": True})),
 )
 

@@ -45,6 +45,25 @@ def foreign_owner(obj: dict[str, Any], uid: str | None) -> str | None:
     return None
 
 
+# status.history keeps the newest rounds only, each with counts and a few names: a training
+# of 10,000 rounds over 1,000 silos must stay far inside etcd's object limit. The rest is in
+# each round's own status and in the metrics (fedma_training_loss per round).
+HISTORY_ROUNDS = 50
+HISTORY_NAMES = 20
+
+
+def history_entry(current: int, name: str, rstatus: dict[str, Any]) -> dict[str, Any]:
+    """One succeeded round, bounded: how many silos were included and excluded, and the
+    first HISTORY_NAMES excluded ones by name."""
+    excluded = sorted(s for s, e in (rstatus.get("silos") or {}).items()
+                      if e.get("phase") == "Excluded")
+    return {"round": current, "name": name, "phase": rstatus.get("phase"),
+            "loss": rstatus.get("loss"), "output": rstatus.get("output"),
+            "silosIncluded": len((rstatus.get("aggregation") or {}).get("included") or {}),
+            "silosExcluded": len(excluded), "excluded": excluded[:HISTORY_NAMES],
+            "completionTime": rstatus.get("completionTime")}
+
+
 class TrainingReconciler:
     def __init__(self, hub: Hub, tenancy: Tenancy | None = None):
         self.hub = hub
@@ -77,6 +96,7 @@ class TrainingReconciler:
         total = training.spec.rounds
         current = int(status.get("currentRound") or 1)
         history: list[dict[str, Any]] = list(status.get("history") or [])
+        completed = int(status.get("completedRounds") or len(history))
         latest, server_state = _ref(status.get("latest")), _ref(status.get("serverState"))
         patch["startTime"] = status.get("startTime") or now_iso(now)
         phase, message, done = "Running", "", False
@@ -115,17 +135,9 @@ class TrainingReconciler:
                     phase, done = "Failed", True
                     message = f"round {current} succeeded without an output in its status"
                     break
-                if not any(h.get("round") == current for h in history):
-                    silos = rstatus.get("silos") or {}
-                    history.append({
-                        "round": current, "name": name, "phase": rphase,
-                        "loss": rstatus.get("loss"), "output": rstatus.get("output"),
-                        "included": sorted((rstatus.get("aggregation") or {})
-                                           .get("included", {}).keys()),
-                        "excluded": sorted(s for s, e in silos.items()
-                                           if e.get("phase") == "Excluded"),
-                        "completionTime": rstatus.get("completionTime"),
-                    })
+                if completed < current:
+                    history = [*history, history_entry(current, name, rstatus)][-HISTORY_ROUNDS:]
+                    completed = current
                 latest, server_state = out, _ref(rstatus.get("serverState"))
                 patch["loss"] = rstatus.get("loss")
                 if current >= total:
@@ -141,7 +153,7 @@ class TrainingReconciler:
             message = f"round {current} of {total}: {rphase or 'Pending'}"
             break
         patch.update(phase=phase, message=message, currentRound=current,
-                     completedRounds=len(history), history=history,
+                     completedRounds=completed, history=history,
                      latest=latest.model_dump() if latest else None,
                      serverState=server_state.model_dump() if server_state else None)
         if done:

@@ -99,9 +99,14 @@ async def test_an_unreachable_silo_cluster_marks_its_silo_and_the_round_goes_on_
         included = [c for c in agg[0]["spec"]["template"]["spec"]["containers"][0]["command"]
                     if c.startswith("silo-")]
         assert [c.split("=")[0] for c in included] == ["silo-1", "silo-2"]
-        st = (await get_round(api))["status"]
-        entry = st["silos"]["silo-3"]
-        assert entry["phase"] == "Excluded"
+        # The aggregation Job is created before the reconcile writes its status: wait for it.
+
+        async def excluded():
+            st = (await get_round(api)).get("status") or {}
+            entry = (st.get("silos") or {}).get("silo-3") or {}
+            return entry if entry.get("phase") == "Excluded" else None
+
+        entry = await wait_for(excluded, timeout=10, what="silo-3 Excluded in status")
         assert "secret:silo-3-kubeconfig" in entry["reason"], entry
         assert "(attempt 2 of 2)" in entry["reason"], entry
         await ctl.finish(agg[0], True, {**agg_summary(), "included": ["silo-1", "silo-2"]})

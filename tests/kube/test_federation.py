@@ -32,7 +32,7 @@ def test_the_crds_are_accepted_by_the_apiserver(hub):
     out = hub.kubectl("explain", "federatedround.status.silos").stdout
     assert "per silo: phase" in out, out
     out = hub.kubectl("explain", "federatedtraining.status.history").stdout
-    assert "per completed round" in out, out
+    assert "the newest 50 completed rounds" in out, out
 
 
 def test_the_operator_starts_with_only_its_service_account(hub, operator):
@@ -63,7 +63,8 @@ def test_two_round_federation_runs_on_the_real_control_plane(hub, operator, tmp_
     for h in st["history"]:
         m = store.get_manifest(global_rel("fed2", h["round"]))
         assert h["output"]["digest"] == m["sha256"]
-        assert h["included"] == ["silo-1", "silo-2"] == m["included"]
+        assert h["silosIncluded"] == 2 and m["included"] == ["silo-1", "silo-2"]
+        assert h["silosExcluded"] == 0 and h["excluded"] == []
     r2 = get(hub, fedma_path(NAMESPACE, "federatedrounds", "fed2-r0002"))
     assert r2["spec"]["input"]["digest"] == st["history"][0]["output"]["digest"]
     assert r2["status"]["silosDone"] == "2/2"

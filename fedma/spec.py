@@ -305,6 +305,9 @@ class _CommonSpec(_Model):
 
 class FederatedTrainingSpec(_CommonSpec):
     rounds: int = Field(ge=1, le=10_000)
+    # Pause between rounds: the running round finishes, the next is not created until this is
+    # false again. The one field that may change after the training started.
+    suspend: bool = False
 
 
 class FederatedRoundSpec(_CommonSpec):
@@ -411,7 +414,7 @@ def load(path: str | Path) -> FederatedTraining | FederatedRound:
 def round_spec(training: FederatedTraining, round_index: int, input_ref: ProjectorRef | None,
                server_state: ProjectorRef | None = None) -> FederatedRound:
     """The FederatedRound a training creates for round ``round_index`` (spec copied)."""
-    base = training.spec.model_dump(by_alias=False, exclude={"rounds"})
+    base = training.spec.model_dump(by_alias=False, exclude={"rounds", "suspend"})
     spec = FederatedRoundSpec(
         **base,
         training_name=training.metadata.name,

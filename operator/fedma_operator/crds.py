@@ -136,7 +136,7 @@ _ROUND_STATUS = _status(
 )
 _TRAINING_STATUS = _status(
     "what the operator observed and did for this training",
-    phase=_f("string", "Running, Succeeded or Failed"),
+    phase=_f("string", "Running, Suspended (spec.suspend, between rounds), Succeeded or Failed"),
     currentRound=_f("integer", "the round now running (or the last one)"),
     completedRounds=_f("integer", "rounds succeeded"),
     latest=_REF,

@@ -122,7 +122,7 @@ class RoundReconciler:
 
         # Report.
         patch, reported, done = report(decision, status, patch, conds, entries, agg, settled,
-                                       generation, now)
+                                       generation, now, policy.quorum)
         self._metrics(rnd, body, status, patch, settled, actor.acts.started, entries, elapsed,
                       now, done)
         return Outcome(patch, [*events, *actor.acts.events, *reported], done,

@@ -9,6 +9,7 @@ from typing import Any
 
 from fedma import termination
 from fedma.rounds import Decision, JobState, RoundPhase, SiloPhase
+from fedma_operator.conditions import round_conditions
 from fedma_operator.status import Event, condition, merge_conditions, now_iso
 
 
@@ -68,8 +69,8 @@ def aggregated(entries: dict[str, dict[str, Any]], agg: dict[str, Any]) -> dict[
 
 def report(decision: Decision, status: dict[str, Any], patch: dict[str, Any],
            conds: list[dict[str, Any]], entries: dict[str, dict[str, Any]],
-           agg: dict[str, Any], settled: Settled, generation: int, now: datetime
-           ) -> tuple[dict[str, Any], list[Event], bool]:
+           agg: dict[str, Any], settled: Settled, generation: int, now: datetime,
+           quorum: int) -> tuple[dict[str, Any], list[Event], bool]:
     """The status patch, the Events and whether the round is done."""
     events: list[Event] = [("Warning", "SiloExcluded", f"silo {s}: {entries[s]['reason']}")
                            for s in settled.excluded]
@@ -92,5 +93,6 @@ def report(decision: Decision, status: dict[str, Any], patch: dict[str, Any],
         patch["phaseSince"] = now_iso(now)
         events.append(("Warning" if phase == RoundPhase.FAILED else "Normal",
                        f"Round{phase}", message))
+    conds.extend(round_conditions(phase, quorum, entries, generation, now))
     patch["conditions"] = merge_conditions(status.get("conditions") or [], conds)
     return patch, events, done

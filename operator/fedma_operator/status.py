@@ -61,6 +61,10 @@ def merge_conditions(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> li
     return list(by_type.values())
 
 
+# spec.suspend (FederatedTraining) pauses and resumes; every other field is fixed at start.
+MUTABLE = ("suspend",)
+
+
 def accept_spec(body: dict[str, Any], status: dict[str, Any], generation: int, now: datetime
                 ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]],
                            list[tuple[str, str, str]]]:
@@ -71,7 +75,10 @@ def accept_spec(body: dict[str, Any], status: dict[str, Any], generation: int, n
     the spec clears the condition. Returns (spec, status patch, conditions, events).
     """
     current = body.get("spec") or {}
-    accepted = status.get("acceptedSpec") or current
+    # The fields that may change while the object runs take their current value.
+    accepted = {k: v for k, v in (status.get("acceptedSpec") or current).items()
+                if k not in MUTABLE}
+    accepted.update({k: current[k] for k in MUTABLE if k in current})
     patch: dict[str, Any] = {"acceptedSpec": accepted, "observedGeneration": generation}
     refused_before = any(c.get("type") == "SpecChangeRefused" and c.get("status") == "True"
                          for c in status.get("conditions") or [])
@@ -101,6 +108,7 @@ def invalid(exc: SpecError, status: dict[str, Any], generation: int, now: dateti
         "completionTime": now_iso(now), "message": msg,
         "conditions": merge_conditions(status.get("conditions") or [], [
             condition("InvalidSpec", True, reason, msg, generation, now),
+            condition("Failed", True, reason, msg, generation, now),
             condition("Succeeded", False, reason, msg, generation, now)]),
     }, [("Warning", reason, msg)], done=True)
 

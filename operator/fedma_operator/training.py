@@ -13,6 +13,7 @@ from typing import Any
 
 from fedma.rounds import RoundPhase
 from fedma.spec import FederatedTraining, ProjectorRef, SpecError, dump, parse, round_spec
+from fedma_operator.conditions import mirrored
 from fedma_operator.kube import Hub
 from fedma_operator.reconcile import WATCHED_RECHECK_S
 from fedma_operator.status import (
@@ -100,10 +101,16 @@ class TrainingReconciler:
         latest, server_state = _ref(status.get("latest")), _ref(status.get("serverState"))
         patch["startTime"] = status.get("startTime") or now_iso(now)
         phase, message, done = "Running", "", False
+        seen: dict[str, Any] = {}  # the status of the newest round looked at
         while True:
             rnd = round_spec(training, current, latest, server_state)
             name = rnd.metadata.name
             obj = await self.hub.get_round(namespace, name)
+            if obj is None and training.spec.suspend:
+                phase = "Suspended"
+                message = (f"suspended before round {current} of {total} (spec.suspend); set "
+                           "it to false to resume")
+                break
             if obj is None:
                 wire = dump(rnd)
                 wire["metadata"]["namespace"] = namespace
@@ -128,6 +135,7 @@ class TrainingReconciler:
                     events.append(("Warning", "RoundConflict", message))
                 break
             rstatus = obj.get("status") or {}
+            seen = rstatus
             rphase = rstatus.get("phase")
             if rphase == RoundPhase.SUCCEEDED:
                 out = _ref(rstatus.get("output"))
@@ -160,6 +168,12 @@ class TrainingReconciler:
             patch["completionTime"] = now_iso(now)
             conds.append(condition("Succeeded", phase == "Succeeded", phase, message,
                                    generation, now))
+        conds += [condition("Running", phase == "Running", phase, message, generation, now),
+                  condition("Suspended", phase == "Suspended",
+                            "SpecSuspend" if phase == "Suspended" else "NotSuspended",
+                            message, generation, now),
+                  condition("Failed", phase == "Failed", phase, message, generation, now),
+                  *mirrored(seen, generation, now)]
         if status.get("phase") != phase:
             events.append(("Warning" if phase == "Failed" else "Normal", f"Training{phase}",
                            message))

@@ -171,6 +171,11 @@ def test_a_stopped_silo_apiserver_excludes_its_silo_after_the_grace(hub, silo, o
     # After the grace the attempt counts as failed; the retry cannot reach the cluster either.
     assert "silo-a-kubeconfig" in st["silos"]["silo-2"]["reason"], st["silos"]["silo-2"]
     assert st["aggregation"]["included"] == {"silo-1": st["silos"]["silo-1"]["update"]["digest"]}
+    conds = {c["type"]: c for c in st["conditions"]}
+    assert conds["Degraded"]["status"] == "True", conds
+    assert conds["Degraded"]["message"] == "excluded: silo-2", conds
+    mirrored = {c["type"]: c for c in obj["status"]["conditions"]}
+    assert mirrored["Degraded"]["status"] == "True", mirrored
     delete_training(hub, "down")
 
 

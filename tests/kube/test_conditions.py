@@ -1,0 +1,59 @@
+"""Conditions and spec.suspend on the real control plane, read the way people read them:
+``kubectl wait --for=condition=...`` against the real apiserver, a ``kubectl patch`` of
+spec.suspend to resume. The pure rules: tests/rounds/test_conditions.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.kube.deployed import NAMESPACE
+from tests.kube.test_lifecycle import delete_training, one_round
+from tests.kube.waiting import apply, fedma_path, get, items
+
+pytestmark = [pytest.mark.kube]
+
+
+def wait(hub, what: str, condition: str, timeout_s: int = 120):
+    return hub.kubectl("-n", NAMESPACE, "wait", f"--for=condition={condition}",
+                       f"--timeout={timeout_s}s", what, check=False)
+
+
+def test_a_suspended_training_waits_and_kubectl_wait_sees_it_resume_and_succeed(
+        hub, operator, tmp_path: Path, tiny_models):
+    manifest = one_round(tmp_path, tiny_models, "pause")
+    manifest["spec"]["suspend"] = True
+    apply(hub, manifest)
+    out = wait(hub, "federatedtraining/pause", "Suspended", 60)
+    assert out.returncode == 0, out.stderr + operator.tail()
+    obj = get(hub, fedma_path(NAMESPACE, "federatedtrainings", "pause"))
+    assert obj["status"]["phase"] == "Suspended", obj["status"]
+    assert not [r for r in items(hub, fedma_path(NAMESPACE, "federatedrounds"))
+                if r["spec"]["trainingName"] == "pause"]
+    hub.kubectl("-n", NAMESPACE, "patch", "federatedtraining", "pause", "--type=merge",
+                "-p", '{"spec": {"suspend": false}}')
+    out = wait(hub, "federatedtraining/pause", "Succeeded", 300)
+    assert out.returncode == 0, out.stderr + operator.tail()
+    assert wait(hub, "federatedround/pause-r0001", "Succeeded", 10).returncode == 0
+    st = get(hub, fedma_path(NAMESPACE, "federatedtrainings", "pause"))["status"]
+    conds = {c["type"]: c for c in st["conditions"]}
+    assert conds["Suspended"]["status"] == "False" and conds["Running"]["status"] == "False"
+    assert conds["Failed"]["status"] == "False" and "SpecChangeRefused" not in conds, conds
+    assert conds["Degraded"]["status"] == "False", conds  # mirrored from its round
+    delete_training(hub, "pause")
+
+
+def test_kubectl_wait_for_failed_ends_on_an_invalid_round(hub, operator):
+    rnd = {"apiVersion": "fedma.io/v1alpha1", "kind": "FederatedRound",
+           "metadata": {"name": "wait-fails", "namespace": NAMESPACE},
+           "spec": {"trainingName": "wait-fails", "round": 1, "totalRounds": 1,
+                    "model": {"vision": {"path": "/m/v"}, "languageModel": {"path": "/m/l"}},
+                    "silos": [{"name": "a", "data": {"path": "/d/a.jsonl"}}],
+                    "artifacts": {"uri": "http://attacker.example/x"}}}
+    apply(hub, rnd)
+    try:
+        out = wait(hub, "federatedround/wait-fails", "Failed", 60)
+        assert out.returncode == 0, out.stderr + operator.tail()
+    finally:
+        hub.kubectl("-n", NAMESPACE, "delete", "federatedround", "wait-fails")

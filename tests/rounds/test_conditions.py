@@ -1,0 +1,134 @@
+"""The conditions people and ``kubectl wait`` read (operator/fedma_operator/conditions.py), and
+spec.suspend of a training (training.py) against a stand-in hub that records what the
+reconciler asks of it. On the real control plane: tests/kube/test_conditions.py."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+from fedma.rounds import RoundPhase, SiloPhase
+from fedma_operator.conditions import NAMES, mirrored, round_conditions
+from fedma_operator.training import TrainingReconciler
+
+NOW = datetime(2026, 12, 3, tzinfo=UTC)
+
+
+def by_type(conds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in conds}
+
+
+def entries(*phases: tuple[str, int]) -> dict[str, dict[str, Any]]:
+    return {f"s{i}": {"phase": p, "attempts": a} for i, (p, a) in enumerate(phases)}
+
+
+def test_a_healthy_training_round_is_running_and_not_degraded():
+    c = by_type(round_conditions(RoundPhase.TRAINING, 2, entries(
+        (SiloPhase.RUNNING, 1), (SiloPhase.RUNNING, 1), (SiloPhase.SUCCEEDED, 1)), 3, NOW))
+    assert c["Running"]["status"] == "True" and c["Running"]["observedGeneration"] == 3
+    assert c["Failed"]["status"] == "False"
+    assert c["Degraded"]["status"] == "False" and c["Degraded"]["reason"] == "AllSilosHealthy"
+    assert c["QuorumAtRisk"]["status"] == "False"
+
+
+def test_an_exclusion_degrades_and_the_last_spare_puts_the_quorum_at_risk():
+    c = by_type(round_conditions(RoundPhase.TRAINING, 2, entries(
+        (SiloPhase.EXCLUDED, 2), (SiloPhase.RUNNING, 1), (SiloPhase.RUNNING, 2)), 1, NOW))
+    assert c["Degraded"]["status"] == "True" and c["Degraded"]["reason"] == "SilosExcluded"
+    assert c["Degraded"]["message"] == "excluded: s0; retrying: s2"
+    assert c["QuorumAtRisk"]["status"] == "True" and c["QuorumAtRisk"]["reason"] == "NoSpareSilo"
+    assert "2 silos can still succeed, 2 needed" in c["QuorumAtRisk"]["message"]
+
+
+def test_every_silo_needed_is_at_risk_only_after_a_setback():
+    healthy = entries((SiloPhase.RUNNING, 1), (SiloPhase.RUNNING, 1))
+    assert by_type(round_conditions(RoundPhase.TRAINING, 2, healthy, 1, NOW))[
+        "QuorumAtRisk"]["status"] == "False"
+    retry = entries((SiloPhase.RUNNING, 2), (SiloPhase.RUNNING, 1))
+    c = by_type(round_conditions(RoundPhase.TRAINING, 2, retry, 1, NOW))
+    assert c["QuorumAtRisk"]["status"] == "True"
+    assert c["Degraded"]["reason"] == "SilosRetrying"
+
+
+def test_an_ended_round_is_not_running_and_its_risk_is_over():
+    ended = entries((SiloPhase.EXCLUDED, 2), (SiloPhase.SUCCEEDED, 1))
+    c = by_type(round_conditions(RoundPhase.SUCCEEDED, 1, ended, 1, NOW))
+    assert c["Running"]["status"] == "False" and c["Failed"]["status"] == "False"
+    assert c["QuorumAtRisk"]["status"] == "False"
+    assert c["Degraded"]["status"] == "True"  # it succeeded without s0: still worth saying
+    c = by_type(round_conditions(RoundPhase.FAILED, 2, ended, 1, NOW))
+    assert c["Failed"]["status"] == "True" and c["Running"]["status"] == "False"
+
+
+def test_a_thousand_excluded_silos_make_a_short_message():
+    many = {f"silo-{i:04d}": {"phase": SiloPhase.EXCLUDED, "attempts": 2} for i in range(1000)}
+    c = by_type(round_conditions(RoundPhase.FAILED, 1, many, 1, NOW))
+    msg = c["Degraded"]["message"]
+    assert msg.endswith(f"(+{1000 - NAMES} more)") and len(msg) < 200, msg
+
+
+def test_a_training_mirrors_its_rounds_degraded_and_quorum_conditions_only():
+    rnd = {"conditions": round_conditions(RoundPhase.TRAINING, 1, entries(
+        (SiloPhase.EXCLUDED, 2), (SiloPhase.RUNNING, 1)), 1, NOW)}
+    got = by_type(mirrored(rnd, 7, NOW))
+    assert set(got) == {"Degraded", "QuorumAtRisk"}
+    assert got["Degraded"]["status"] == "True" and got["Degraded"]["observedGeneration"] == 7
+
+
+class Hub:
+    """Rounds the reconciler created, each still running."""
+
+    def __init__(self) -> None:
+        self.rounds: dict[str, dict[str, Any]] = {}
+
+    async def get_round(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.rounds.get(name)
+
+    async def create_round(self, namespace: str, body: dict[str, Any]) -> bool:
+        self.rounds[body["metadata"]["name"]] = {**body, "status": {"phase": "Training"}}
+        return True
+
+
+def training(suspend: bool, status: dict[str, Any], generation: int = 1) -> dict[str, Any]:
+    return {"apiVersion": "fedma.io/v1alpha1", "kind": "FederatedTraining",
+            "metadata": {"name": "t", "namespace": "ns", "generation": generation},
+            "spec": {"rounds": 2, "suspend": suspend,
+                     "model": {"vision": {"path": "/m/v"}, "languageModel": {"path": "/m/l"}},
+                     "silos": [{"name": "a", "data": {"path": "/d/a.jsonl"}}],
+                     "artifacts": {"uri": "s3://b/fedma"}},
+            "status": status}
+
+
+def test_a_suspended_training_creates_no_round_and_resumes_when_unsuspended():
+    hub = Hub()
+    rec = TrainingReconciler(hub)  # type: ignore[arg-type]
+    first = asyncio.run(rec.reconcile(training(True, {}), NOW))
+    st = first.status
+    assert st["phase"] == "Suspended" and not hub.rounds
+    assert "suspended before round 1 of 2" in st["message"]
+    c = by_type(st["conditions"])
+    assert c["Suspended"]["status"] == "True" and c["Running"]["status"] == "False"
+    assert ("Normal", "TrainingSuspended", st["message"]) in first.events
+    # Resuming is an edit of spec.suspend alone: accepted, not refused as a spec change.
+    second = asyncio.run(rec.reconcile(training(False, st, generation=2), NOW)).status
+    assert second["phase"] == "Running" and list(hub.rounds) == ["t-r0001"]
+    c = by_type(second["conditions"])
+    assert c["Suspended"]["status"] == "False" and c["Running"]["status"] == "True"
+    assert "SpecChangeRefused" not in c
+    assert "suspend" not in hub.rounds["t-r0001"]["spec"]  # a round has no such field
+    # Suspending again while round 1 runs lets it run; round 2 waits.
+    third = asyncio.run(rec.reconcile(training(True, second, generation=3), NOW)).status
+    assert third["phase"] == "Running" and list(hub.rounds) == ["t-r0001"]
+
+
+def test_any_other_edit_is_still_refused():
+    hub = Hub()
+    rec = TrainingReconciler(hub)  # type: ignore[arg-type]
+    st = asyncio.run(rec.reconcile(training(True, {}), NOW)).status
+    edited = training(False, st, generation=2)
+    edited["spec"]["rounds"] = 5
+    st2 = asyncio.run(rec.reconcile(edited, NOW)).status
+    assert by_type(st2["conditions"])["SpecChangeRefused"]["status"] == "True"
+    assert st2["acceptedSpec"]["rounds"] == 2 and st2["acceptedSpec"]["suspend"] is False
+    assert st2["phase"] == "Running"  # the resume is applied, the rounds edit is not

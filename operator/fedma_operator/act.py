@@ -51,6 +51,13 @@ def _where(cluster: Cluster, namespace: str) -> str:
     return f"{cluster.name}/{namespace}"
 
 
+def created_message(round_name: str, started: list[tuple[str, int]], names: int = 10) -> str:
+    listed = ", ".join(f"{silo} (attempt {attempt})" for silo, attempt in sorted(started)[:names])
+    more = len(started) - names
+    return (f"{len(started)} silo Job{'s' if len(started) != 1 else ''} created for round "
+            f"{round_name}: {listed}" + (f" (+{more} more)" if more > 0 else ""))
+
+
 class Actor:
     def __init__(self, rnd: FederatedRound, namespace: str, settings: jobs.JobSettings,
                  owner: dict[str, Any] | None, hub: Cluster, file_status: dict[str, Any]):
@@ -99,6 +106,11 @@ class Actor:
             by_group.setdefault((where.cluster.name, where.namespace), []).append(
                 (silo, launch.attempt, where.cluster, entry))
         await asyncio.gather(*(self._launch_group(group) for group in by_group.values()))
+        if self.acts.started:
+            # One Event per reconcile, not one per silo: 1,000 silos would be 1,000 Events a
+            # round, past the apiserver's event rate limits; each Job is in the silo's status.
+            self.acts.events.append(("Normal", "SiloJobCreated", created_message(
+                self.rnd.metadata.name, self.acts.started)))
 
     async def _launch_group(self, group: list[Any]) -> None:
         cluster, namespace = group[0][2], group[0][3]["namespace"]
@@ -128,8 +140,6 @@ class Actor:
                                              f"silo {silo.name}: {reason}"))
                     return
                 if created:
-                    self.acts.events.append(("Normal", "SiloJobCreated",
-                                             f"silo {silo.name}: Job {name} (attempt {attempt})"))
                     self.acts.started.append((silo.name, attempt))
                 elif jobs.round_uid(self.rnd) is not None:
                     # Not in this reconcile's list of the round's Jobs, yet there: not ours.

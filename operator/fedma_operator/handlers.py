@@ -89,8 +89,10 @@ class SpecDiffBase(kopf.AnnotationsDiffBaseStorage):
 
 
 def plain(obj: Any) -> Any:
+    """A plain copy of a kopf body, without ``managedFields`` (the reconcilers never read
+    them, and at 100 silos they are a large part of a round object)."""
     if isinstance(obj, Mapping):
-        return {k: plain(v) for k, v in obj.items()}
+        return {k: plain(v) for k, v in obj.items() if k != "managedFields"}
     if isinstance(obj, list | tuple):
         return [plain(v) for v in obj]
     return obj

@@ -48,7 +48,7 @@ def foreign_owner(obj: dict[str, Any], uid: str | None) -> str | None:
 
 # status.history keeps the newest rounds only, each with counts and a few names: a training
 # of 10,000 rounds over 1,000 silos must stay far inside etcd's object limit. The rest is in
-# each round's own status and in the metrics (fedma_training_loss per round).
+# each round's own status, the store's manifests, and Prometheus (fedma_round_loss).
 HISTORY_ROUNDS = 50
 HISTORY_NAMES = 20
 

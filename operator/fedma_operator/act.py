@@ -100,6 +100,7 @@ class Actor:
             name = jobs.silo_job_name(self.rnd.metadata.name, silo.name, launch.attempt)
             entry.update(attempts=launch.attempt, job=name, jobState=JobState.ACTIVE,
                          reason="", launchedAt=now_iso(now))
+            entry.pop("waiting", None)  # the last attempt's pod trouble
             if where.cluster is None:
                 entry.update(jobState=JobState.FAILED, reason=where.error)
                 continue

@@ -2,9 +2,10 @@
 entries. Pure: the reconcilers merge them into status (status.merge_conditions keeps each
 one's lastTransitionTime while its status stays).
 
-A round has ``Running`` (training or aggregating), ``Degraded`` (a silo excluded or on a retry,
-naming them), ``QuorumAtRisk`` (one more exclusion fails the round, once a silo has been lost
-or is retrying), ``Failed`` and ``Succeeded`` (set when the round ends). A training mirrors its
+A round has ``Running`` (training or aggregating), ``Degraded`` (a silo excluded, on a retry,
+or with a pod stuck (``waiting``: ImagePullBackOff, Unschedulable, ...), naming them),
+``QuorumAtRisk`` (one more exclusion fails the round, once a silo has been lost or is
+retrying), ``Failed`` and ``Succeeded`` (set when the round ends). A training mirrors its
 current round's ``Degraded`` and ``QuorumAtRisk`` and adds ``Running`` and ``Suspended``
 (training.py). So ``kubectl wait --for=condition=Succeeded`` and ``--for=condition=Failed``
 both end when the object does.
@@ -26,22 +27,31 @@ def named(silos: list[str]) -> str:
     return ", ".join(silos[:NAMES]) + (f" (+{more} more)" if more > 0 else "")
 
 
+def _why_waiting(silo: str, entry: dict[str, Any]) -> str:
+    return f"{silo} ({str(entry['waiting']).split(':', 1)[0]})"
+
+
 def round_conditions(phase: RoundPhase, quorum: int, entries: dict[str, dict[str, Any]],
                      generation: int, now: datetime) -> list[dict[str, Any]]:
     excluded = sorted(s for s, e in entries.items() if e.get("phase") == SiloPhase.EXCLUDED)
     retrying = sorted(s for s, e in entries.items() if int(e.get("attempts") or 0) > 1
                       and e.get("phase") not in (SiloPhase.SUCCEEDED, SiloPhase.EXCLUDED))
+    waiting = sorted(s for s, e in entries.items() if e.get("waiting")
+                     and e.get("phase") not in (SiloPhase.SUCCEEDED, SiloPhase.EXCLUDED))
     done = phase in (RoundPhase.SUCCEEDED, RoundPhase.FAILED)
     out = [condition("Running", phase in (RoundPhase.TRAINING, RoundPhase.AGGREGATING),
                      str(phase), f"round is {phase}", generation, now),
            condition("Failed", phase == RoundPhase.FAILED, str(phase),
                      "round failed" if phase == RoundPhase.FAILED else "round has not failed",
                      generation, now)]
-    if excluded or retrying:
+    if excluded or retrying or (waiting and not done):
         parts = ([f"excluded: {named(excluded)}"] if excluded else []) + (
-            [f"retrying: {named(retrying)}"] if retrying else [])
-        out.append(condition("Degraded", True, "SilosExcluded" if excluded else "SilosRetrying",
-                             "; ".join(parts), generation, now))
+            [f"retrying: {named(retrying)}"] if retrying else []) + (
+            [f"waiting: {named([_why_waiting(s, entries[s]) for s in waiting])}"]
+            if waiting and not done else [])
+        reason = ("SilosExcluded" if excluded else "SilosRetrying" if retrying
+                  else "SilosWaiting")
+        out.append(condition("Degraded", True, reason, "; ".join(parts), generation, now))
     else:
         out.append(condition("Degraded", False, "AllSilosHealthy",
                              "no silo excluded or retrying", generation, now))

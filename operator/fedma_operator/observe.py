@@ -133,6 +133,36 @@ def unreachable(entry: dict[str, Any], why: str, now: datetime, grace_s: float
     return SiloObservation(attempts, JobState.FAILED, reason)
 
 
+# A container waiting for one of these is not going to start by itself soon: the silo's
+# status says so (``waiting``) instead of "Running" until the deadline.
+STUCK = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImageName",
+                   "CreateContainerConfigError", "CreateContainerError", "RunContainerError",
+                   "CrashLoopBackOff"})
+# A Job running this long gets its pods looked at (one pod list for all such Jobs of the
+# group): a round whose Jobs finish sooner never pays for it.
+POD_CHECK_AFTER_S = 15.0
+
+
+def pod_trouble(pod: dict[str, Any]) -> str:
+    """Why a pod of a running Job is not getting anywhere, or ""; or how it ended badly
+    (OOMKilled, Evicted) when the Job failed."""
+    st = pod.get("status") or {}
+    if st.get("reason") == "Evicted":
+        return f"Evicted: {st.get('message', '')}"[:300]
+    for c in st.get("conditions") or []:
+        if (c.get("type") == "PodScheduled" and c.get("status") == "False"
+                and c.get("reason") == "Unschedulable"):
+            return f"Unschedulable: {c.get('message', '')}"[:300]
+    for cs in (st.get("initContainerStatuses") or []) + (st.get("containerStatuses") or []):
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in STUCK:
+            return f"{waiting['reason']}: {waiting.get('message', '')}"[:300]
+        for state in (cs.get("state") or {}, cs.get("lastState") or {}):
+            if ((state.get("terminated") or {}).get("reason")) == "OOMKilled":
+                return "OOMKilled: the container exceeded its memory limit"
+    return ""
+
+
 def _recorded(entry: dict[str, Any]) -> SiloObservation | None:
     """What status already settled for the latest attempt (no need to look again)."""
     attempts = int(entry.get("attempts") or 0)
@@ -174,7 +204,8 @@ def _finished(entry: dict[str, Any], attempts: int, state: JobState, reason: str
 
 
 async def observe_group(rnd: FederatedRound, cluster: Cluster, namespace: str,
-                        entries: dict[str, dict[str, Any]]) -> dict[str, SiloObservation]:
+                        entries: dict[str, dict[str, Any]], now: datetime | None = None
+                        ) -> dict[str, SiloObservation]:
     """The silos of one (cluster, namespace): one list of the round's Jobs there and, when
     some finished, one list of their pods (not one per silo: 100 silos finishing together
     cost 100 lists; nor the namespace's every pod: that grew with the cluster)."""
@@ -199,6 +230,7 @@ async def observe_group(rnd: FederatedRound, cluster: Cluster, namespace: str,
         if ours(job, uid):
             found[job["metadata"]["labels"].get(f"{jobs.LABEL}/silo", "")].append(job)
     done: dict[str, tuple[int, dict[str, Any], JobState, str]] = {}
+    slow: dict[str, dict[str, Any]] = {}  # running for a while: worth a look at their pods
     for silo, entry in pending.items():
         attempts, job = _latest(entry, found.get(silo, []))
         if not attempts:
@@ -213,16 +245,33 @@ async def observe_group(rnd: FederatedRound, cluster: Cluster, namespace: str,
             if state == JobState.ACTIVE:
                 entry["jobState"] = JobState.ACTIVE
                 out[silo] = SiloObservation(attempts, JobState.ACTIVE)
+                launched = parse_time(entry.get("launchedAt"))
+                if now is not None and launched is not None and (
+                        now - launched).total_seconds() >= POD_CHECK_AFTER_S:
+                    slow[silo] = job
             else:
                 done[silo] = (attempts, job, state, reason)
-    if done:
+    if done or slow:
         pods: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        names = frozenset(job["metadata"]["name"] for _, job, _, _ in done.values())
+        names = frozenset(job["metadata"]["name"] for _, job, _, _ in done.values()) | \
+            frozenset(job["metadata"]["name"] for job in slow.values())
         for pod in await cluster.list_pods(namespace, {**selector, "job-name": names}):
             pods[(pod["metadata"].get("labels") or {}).get("job-name", "")].append(pod)
         for silo, (attempts, job, state, reason) in done.items():
-            summary = termination_summary(pods.get(job["metadata"]["name"], []))
+            got = pods.get(job["metadata"]["name"], [])
+            summary = termination_summary(got)
+            trouble = next((t for t in map(pod_trouble, got) if t), "")
+            if state == JobState.FAILED and trouble and not (summary or {}).get("reason"):
+                reason = f"{reason}: {trouble}" if reason else trouble
+            pending[silo].pop("waiting", None)
             out[silo] = _finished(pending[silo], attempts, state, reason, summary)
+        for silo, job in slow.items():
+            trouble = next((t for t in map(pod_trouble, pods.get(job["metadata"]["name"], []))
+                            if t), "")
+            if trouble:
+                pending[silo]["waiting"] = trouble
+            else:
+                pending[silo].pop("waiting", None)
     return out
 
 
@@ -247,7 +296,7 @@ async def observe_silos(rnd: FederatedRound, placements: dict[str, Placement],
         key = (where.cluster.name, where.namespace)
         groups.setdefault(key, (where.cluster, {}))[1][silo] = entry
     keys = list(groups)
-    results = await asyncio.gather(*(observe_group(rnd, groups[k][0], k[1], groups[k][1])
+    results = await asyncio.gather(*(observe_group(rnd, groups[k][0], k[1], groups[k][1], now)
                                      for k in keys), return_exceptions=True)
     for key, result in zip(keys, results, strict=True):
         cluster, members = groups[key]

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from fedma.rounds import Observation, Policy, RoundPhase, decide
+from fedma.rounds import JobState, Observation, Policy, RoundPhase, decide
 from fedma.spec import FederatedRound, SpecError, parse
 from fedma_operator import jobs
 from fedma_operator.act import Actor
@@ -39,6 +39,7 @@ log = logging.getLogger("fedma.operator")
 # Between two reconciles of a round whose every Job the hub watches, at most this long: the
 # watch wakes it when a Job finishes, the deadline when time is up; this is the safety net.
 WATCHED_RECHECK_S = 60.0
+POD_RECHECK_S = 30.0
 # A woken round reconciles at most every GAP_PER_SILO_S × silos seconds (and at least every
 # 0.5 s, handlers.py): its reconcile reads, decides and writes in proportion to its silos, so
 # Jobs finishing one after another cost the operator a bounded share of a core however large
@@ -126,11 +127,13 @@ class RoundReconciler:
         self._metrics(rnd, body, status, patch, settled, actor.acts.started, entries, elapsed,
                       now, done)
         return Outcome(patch, [*events, *actor.acts.events, *reported], done,
-                       self._recheck(placements, spec_.aggregation.deadline_seconds, elapsed),
+                       self._recheck(placements, spec_.aggregation.deadline_seconds, elapsed,
+                                     any(e.get("jobState") == JobState.ACTIVE
+                                         for e in entries.values())),
                        GAP_PER_SILO_S * len(spec_.silos))
 
-    def _recheck(self, placements: dict[str, Placement], deadline_s: float, elapsed: float
-                 ) -> float | None:
+    def _recheck(self, placements: dict[str, Placement], deadline_s: float, elapsed: float,
+                 running: bool = False) -> float | None:
         """No poll when the hub's Job watch sees every Job of the round (it wakes the loop
         when one finishes): wait for it, or for the round's deadline. A silo in another
         cluster, or in an unwatched namespace, keeps the interval (its only clock)."""
@@ -138,7 +141,10 @@ class RoundReconciler:
                for p in placements.values()):
             return None
         left = deadline_s - elapsed
-        return min(WATCHED_RECHECK_S, left + 0.5) if left > 0 else None
+        # Running Jobs get their pods looked at (observe.pod_trouble) this often: a pod stuck
+        # on its image or a missing Secret shows in status within a minute, not at the deadline.
+        every = POD_RECHECK_S if running else WATCHED_RECHECK_S
+        return min(every, left + 0.5) if left > 0 else None
 
     def _metrics(self, rnd: FederatedRound, body: dict[str, Any], status: dict[str, Any],
                  patch: dict[str, Any], settled: Settled, started: list[tuple[str, int]],

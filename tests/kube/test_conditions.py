@@ -10,7 +10,7 @@ import pytest
 
 from tests.kube.deployed import NAMESPACE
 from tests.kube.test_lifecycle import delete_training, one_round
-from tests.kube.waiting import apply, fedma_path, get, items
+from tests.kube.waiting import apply, fedma_path, get, items, wait_until
 
 pytestmark = [pytest.mark.kube]
 
@@ -57,3 +57,30 @@ def test_kubectl_wait_for_failed_ends_on_an_invalid_round(hub, operator):
         assert out.returncode == 0, out.stderr + operator.tail()
     finally:
         hub.kubectl("-n", NAMESPACE, "delete", "federatedround", "wait-fails")
+
+
+@pytest.mark.faults
+def test_a_pod_stuck_on_a_missing_secret_shows_in_the_silos_status_not_just_running(
+        hub, operator, tmp_path: Path, tiny_models):
+    """The training names a credentials Secret that does not exist: the silo pods wait with
+    CreateContainerConfigError (written by the process kubelet, as a kubelet does; the
+    apiserver, Job controller and operator are real). Within the pod check (15 s after launch,
+    then at the 30 s recheck) the silo's status says so and the round is Degraded."""
+    manifest = one_round(tmp_path, tiny_models, "nosecret")
+    manifest["spec"]["artifacts"]["credentialsSecret"] = "no-such-secret"
+    apply(hub, manifest)
+
+    def stuck():
+        rnd = get(hub, fedma_path(NAMESPACE, "federatedrounds", "nosecret-r0001")) or {}
+        st = rnd.get("status") or {}
+        silo = (st.get("silos") or {}).get("silo-1") or {}
+        return st if "CreateContainerConfigError" in silo.get("waiting", "") else None
+
+    st = wait_until(stuck, 90, "silo-1's waiting reason", operator.tail)
+    assert "no-such-secret" in st["silos"]["silo-1"]["waiting"], st["silos"]["silo-1"]
+    assert st["silos"]["silo-1"]["phase"] == "Running"
+    conds = {c["type"]: c for c in st["conditions"]}
+    assert conds["Degraded"]["status"] == "True", conds
+    assert conds["Degraded"]["reason"] == "SilosWaiting", conds
+    assert "silo-1 (CreateContainerConfigError)" in conds["Degraded"]["message"], conds
+    delete_training(hub, "nosecret")

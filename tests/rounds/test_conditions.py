@@ -8,8 +8,11 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from fedma.rounds import RoundPhase, SiloPhase
 from fedma_operator.conditions import NAMES, mirrored, round_conditions
+from fedma_operator.observe import pod_trouble
 from fedma_operator.training import TrainingReconciler
 
 NOW = datetime(2026, 12, 3, tzinfo=UTC)
@@ -132,3 +135,40 @@ def test_any_other_edit_is_still_refused():
     assert by_type(st2["conditions"])["SpecChangeRefused"]["status"] == "True"
     assert st2["acceptedSpec"]["rounds"] == 2 and st2["acceptedSpec"]["suspend"] is False
     assert st2["phase"] == "Running"  # the resume is applied, the rounds edit is not
+
+
+def waiting_pod(reason: str, message: str = "m") -> dict[str, Any]:
+    return {"status": {"phase": "Pending", "containerStatuses": [
+        {"name": "trainer", "state": {"waiting": {"reason": reason, "message": message}}}]}}
+
+
+@pytest.mark.parametrize("pod,trouble", [
+    (waiting_pod("ImagePullBackOff", 'Back-off pulling image "x"'),
+     'ImagePullBackOff: Back-off pulling image "x"'),
+    (waiting_pod("CreateContainerConfigError", 'secret "fedma-s3" not found'),
+     'CreateContainerConfigError: secret "fedma-s3" not found'),
+    (waiting_pod("ContainerCreating"), ""),  # on its way: not trouble
+    ({"status": {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+         "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]}},
+     "Unschedulable: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu."),
+    ({"status": {"phase": "Failed", "reason": "Evicted",
+                 "message": "The node was low on resource: memory."}},
+     "Evicted: The node was low on resource: memory."),
+    ({"status": {"phase": "Running", "containerStatuses": [
+        {"name": "trainer", "state": {"running": {}},
+         "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}]}},
+     "OOMKilled: the container exceeded its memory limit"),
+    ({"status": {"phase": "Running", "containerStatuses": [
+        {"name": "trainer", "state": {"running": {}}}]}}, ""),
+])
+def test_pod_trouble_names_what_keeps_a_pod_from_getting_anywhere(pod, trouble):
+    assert pod_trouble(pod) == trouble
+
+
+def test_a_stuck_pod_degrades_a_running_round_and_says_why():
+    e = entries((SiloPhase.RUNNING, 1), (SiloPhase.RUNNING, 1))
+    e["s1"]["waiting"] = 'CreateContainerConfigError: secret "fedma-s3" not found'
+    c = by_type(round_conditions(RoundPhase.TRAINING, 1, e, 1, NOW))
+    assert c["Degraded"]["status"] == "True" and c["Degraded"]["reason"] == "SilosWaiting"
+    assert c["Degraded"]["message"] == "waiting: s1 (CreateContainerConfigError)"

@@ -43,7 +43,7 @@ bench: $(STAMP)
 # Load (3 trainings × 100 silos × 5 rounds through one operator on the real control plane
 # of tests/kube, built first) and a 50-round soak.
 bench-load: $(STAMP)
-	kube_bin="$$(bash tests/kube/build.sh)" && FEDMA_KUBE_BIN="$$kube_bin" $(BIN)/python bench/load.py --out bench/results
+	kube_bin="$$(bash tests/kube/build.sh)" && FEDMA_KUBE_BIN="$$kube_bin" $(BIN)/python bench/load.py --max-silos 1000 --out bench/results
 	$(BIN)/python bench/soak.py --out bench/results
 	$(BIN)/python bench/report.py
 

@@ -53,6 +53,19 @@ def created_by_operator(cp, resource: str) -> collections.Counter:
     return out
 
 
+def proxied_secret(hub, silo, tmp_path: Path, secret: str) -> HangingProxy:
+    """A kubeconfig Secret ``secret`` on the hub for the silo cluster, through a proxy that
+    can stop answering (blackhole.py)."""
+    proxy = HangingProxy(("127.0.0.1", silo.port))
+    cfg = yaml.safe_load(silo_kubeconfig(silo, "silo-a", SILO_NAMESPACE))
+    cfg["clusters"][0]["cluster"]["server"] = proxy.address
+    kubeconfig = tmp_path / f"{secret}.kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(cfg))
+    hub.kubectl("-n", NAMESPACE, "create", "secret", "generic", secret,
+                f"--from-file=kubeconfig={kubeconfig}")
+    return proxy
+
+
 def training_with_silos_running(hub, tmp_path: Path, tiny_models, name: str) -> None:
     """A 2-silo, 1-round training applied and both its silo Jobs created."""
     apply(hub, one_round(tmp_path, tiny_models, name))
@@ -185,13 +198,7 @@ def test_a_silo_endpoint_that_never_answers_is_excluded_after_the_grace(
     """The silo cluster's endpoint keeps accepting connections but stops answering (a proxy
     in front of its apiserver holds every byte): each call costs the operator's API timeout,
     then the grace and the exclusion run as for a refused connection."""
-    proxy = HangingProxy(("127.0.0.1", silo.port))
-    cfg = yaml.safe_load(silo_kubeconfig(silo, "silo-a", SILO_NAMESPACE))
-    cfg["clusters"][0]["cluster"]["server"] = proxy.address
-    kubeconfig = tmp_path / "proxied.kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump(cfg))
-    hub.kubectl("-n", NAMESPACE, "create", "secret", "generic", "silo-a-proxied",
-                f"--from-file=kubeconfig={kubeconfig}")
+    proxy = proxied_secret(hub, silo, tmp_path, "silo-a-proxied")
     manifest = one_round(tmp_path, tiny_models, "mute", minSilos=1)
     manifest["spec"]["silos"][1].update(kubeconfigSecret="silo-a-proxied",
                                         namespace=SILO_NAMESPACE)

@@ -10,13 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.faults.conftest import INJECT
-from tests.kube.blackhole import HangingProxy
 from tests.kube.conftest import HUB_SILO_NAMESPACE, SILO_NAMESPACE
-from tests.kube.deployed import NAMESPACE, silo_kubeconfig
-from tests.kube.test_lifecycle import jobs_of, one_round
+from tests.kube.deployed import NAMESPACE
+from tests.kube.test_lifecycle import jobs_of, one_round, proxied_secret
 from tests.kube.waiting import apply, fedma_path, get, items, wait_until
 
 pytestmark = [pytest.mark.kube, pytest.mark.faults]
@@ -77,13 +75,7 @@ def test_an_unreachable_silo_cluster_does_not_block_deletion(hub, silo, operator
     """The silo's endpoint stops answering (a proxy that accepts and holds every byte): the
     round is gone after bounded tries (3, each a 3 s API timeout in this install), with a
     Warning Event naming the Job left behind, which stops at its deadline."""
-    proxy = HangingProxy(("127.0.0.1", silo.port))
-    cfg = yaml.safe_load(silo_kubeconfig(silo, "silo-a", SILO_NAMESPACE))
-    cfg["clusters"][0]["cluster"]["server"] = proxy.address
-    kubeconfig = tmp_path / "proxied.kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump(cfg))
-    hub.kubectl("-n", NAMESPACE, "create", "secret", "generic", "silo-a-release",
-                f"--from-file=kubeconfig={kubeconfig}")
+    proxy = proxied_secret(hub, silo, tmp_path, "silo-a-release")
     manifest = one_round(tmp_path, tiny_models, "stuck", silos=2)
     manifest["spec"]["silos"][1].update(kubeconfigSecret="silo-a-release",
                                         namespace=SILO_NAMESPACE)

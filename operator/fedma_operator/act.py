@@ -20,6 +20,7 @@ from typing import Any
 from fedma.rounds import Decision, JobState
 from fedma.spec import FederatedRound
 from fedma_operator import jobs
+from fedma_operator.conditions import named
 from fedma_operator.kube import Cluster, why
 from fedma_operator.observe import Placement
 from fedma_operator.status import Event, now_iso
@@ -51,11 +52,10 @@ def _where(cluster: Cluster, namespace: str) -> str:
     return f"{cluster.name}/{namespace}"
 
 
-def created_message(round_name: str, started: list[tuple[str, int]], names: int = 10) -> str:
-    listed = ", ".join(f"{silo} (attempt {attempt})" for silo, attempt in sorted(started)[:names])
-    more = len(started) - names
+def created_message(round_name: str, started: list[tuple[str, int]]) -> str:
+    listed = named([f"{silo} (attempt {attempt})" for silo, attempt in sorted(started)])
     return (f"{len(started)} silo Job{'s' if len(started) != 1 else ''} created for round "
-            f"{round_name}: {listed}" + (f" (+{more} more)" if more > 0 else ""))
+            f"{round_name}: {listed}")
 
 
 class Actor:

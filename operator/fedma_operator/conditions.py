@@ -34,10 +34,10 @@ def _why_waiting(silo: str, entry: dict[str, Any]) -> str:
 def round_conditions(phase: RoundPhase, quorum: int, entries: dict[str, dict[str, Any]],
                      generation: int, now: datetime) -> list[dict[str, Any]]:
     excluded = sorted(s for s, e in entries.items() if e.get("phase") == SiloPhase.EXCLUDED)
-    retrying = sorted(s for s, e in entries.items() if int(e.get("attempts") or 0) > 1
-                      and e.get("phase") not in (SiloPhase.SUCCEEDED, SiloPhase.EXCLUDED))
-    waiting = sorted(s for s, e in entries.items() if e.get("waiting")
-                     and e.get("phase") not in (SiloPhase.SUCCEEDED, SiloPhase.EXCLUDED))
+    still_open = {s: e for s, e in sorted(entries.items())
+                  if e.get("phase") not in (SiloPhase.SUCCEEDED, SiloPhase.EXCLUDED)}
+    retrying = [s for s, e in still_open.items() if int(e.get("attempts") or 0) > 1]
+    waiting = [s for s, e in still_open.items() if e.get("waiting")]
     done = phase in (RoundPhase.SUCCEEDED, RoundPhase.FAILED)
     out = [condition("Running", phase in (RoundPhase.TRAINING, RoundPhase.AGGREGATING),
                      str(phase), f"round is {phase}", generation, now),

@@ -163,6 +163,10 @@ def pod_trouble(pod: dict[str, Any]) -> str:
     return ""
 
 
+def first_trouble(pods: list[dict[str, Any]]) -> str:
+    return next((t for t in map(pod_trouble, pods) if t), "")
+
+
 def _recorded(entry: dict[str, Any]) -> SiloObservation | None:
     """What status already settled for the latest attempt (no need to look again)."""
     attempts = int(entry.get("attempts") or 0)
@@ -260,14 +264,13 @@ async def observe_group(rnd: FederatedRound, cluster: Cluster, namespace: str,
         for silo, (attempts, job, state, reason) in done.items():
             got = pods.get(job["metadata"]["name"], [])
             summary = termination_summary(got)
-            trouble = next((t for t in map(pod_trouble, got) if t), "")
+            trouble = first_trouble(got)
             if state == JobState.FAILED and trouble and not (summary or {}).get("reason"):
                 reason = f"{reason}: {trouble}" if reason else trouble
             pending[silo].pop("waiting", None)
             out[silo] = _finished(pending[silo], attempts, state, reason, summary)
         for silo, job in slow.items():
-            trouble = next((t for t in map(pod_trouble, pods.get(job["metadata"]["name"], []))
-                            if t), "")
+            trouble = first_trouble(pods.get(job["metadata"]["name"], []))
             if trouble:
                 pending[silo]["waiting"] = trouble
             else:

@@ -47,6 +47,19 @@ POD_RECHECK_S = 30.0
 GAP_PER_SILO_S = 0.01
 
 
+def parse_round(body: dict[str, Any], spec: dict[str, Any], source: str = "manifest"
+                ) -> FederatedRound:
+    """The round object with ``spec``, and of its metadata only what identifies it: the Jobs'
+    round file must not change with every write (resourceVersion, managedFields)."""
+    meta = body.get("metadata") or {}
+    ident = {k: meta[k] for k in ("name", "namespace", "uid") if meta.get(k)}
+    rnd = parse({"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+                 "metadata": ident, "spec": spec}, source=source)
+    if not isinstance(rnd, FederatedRound):
+        raise SpecError(source, [("kind", "must be FederatedRound")])
+    return rnd
+
+
 class RoundReconciler:
     def __init__(self, pool: ClusterPool, settings: jobs.JobSettings, metrics: Any = None,
                  cluster_grace_s: float = 60.0,
@@ -69,15 +82,9 @@ class RoundReconciler:
         spec, patch, conds, events = accept_spec(body, status, generation, now)
         source = f"FederatedRound {namespace}/{meta.get('name')}"
         try:
-            # Only what identifies the object: the Jobs' round file must not change with
-            # every write (resourceVersion, managedFields).
-            ident = {k: meta[k] for k in ("name", "namespace", "uid") if meta.get(k)}
-            rnd = parse({"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
-                         "metadata": ident, "spec": spec},
-                        source=source)
+            rnd = parse_round(body, spec, source)
         except SpecError as exc:
             return invalid(exc, status, generation, now)
-        assert isinstance(rnd, FederatedRound)
         refused = self.tenancy.check(rnd.spec.silos, namespace, source)
         if refused is not None:
             return invalid(refused, status, generation, now, reason="NotPermitted")

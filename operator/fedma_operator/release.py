@@ -16,11 +16,12 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fedma.spec import FederatedRound, SpecError, parse
+from fedma.spec import FederatedRound, SpecError
 from fedma_operator import jobs
 from fedma_operator.clusters import ClusterPool
 from fedma_operator.kube import Cluster, why
 from fedma_operator.observe import place
+from fedma_operator.reconcile import parse_round
 from fedma_operator.status import Event
 
 TRIES = 3
@@ -30,17 +31,15 @@ BACKOFF_S = 2.0
 def _round(body: dict[str, Any]) -> FederatedRound | None:
     """The round as the reconciler ran it; None if it never ran (an invalid or refused spec
     launches nothing, so there is nothing to release)."""
-    meta, status = body.get("metadata") or {}, body.get("status") or {}
+    status = body.get("status") or {}
     if any(c.get("type") == "InvalidSpec" and c.get("status") == "True"
            for c in status.get("conditions") or []):
         return None
-    ident = {k: meta[k] for k in ("name", "namespace", "uid") if meta.get(k)}
     try:
-        rnd = parse({"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
-                     "metadata": ident, "spec": status.get("acceptedSpec") or body.get("spec")})
+        rnd = parse_round(body, status.get("acceptedSpec") or body.get("spec") or {})
     except SpecError:
         return None
-    return rnd if isinstance(rnd, FederatedRound) and jobs.round_uid(rnd) else None
+    return rnd if jobs.round_uid(rnd) else None
 
 
 async def _tried(call: Callable[[], Awaitable[None]], tries: int, backoff_s: float) -> str:

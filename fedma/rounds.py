@@ -9,7 +9,9 @@ the operator cannot drift apart in how they treat stragglers, retries and quorum
 Semantics:
 - every silo gets one training attempt, plus up to ``backoff_limit`` retries after a failure;
 - the round waits for all silos until ``deadline_s`` after it started; at the deadline, silos
-  still running are excluded as stragglers;
+  still running are excluded as stragglers. A silo whose Jobs wait in a queue (Kueue) has a
+  clock of its own: ``deadline_s`` to be admitted, then ``deadline_s`` from admission, so time
+  spent queued behind other work is not counted as straggling;
 - aggregation starts when every silo is settled (succeeded or excluded), or at the deadline,
   provided at least ``quorum`` silos succeeded; it uses exactly the succeeded silos;
 - if the quorum can no longer be met (too many exclusions, or the deadline passed short of
@@ -31,6 +33,7 @@ class JobState(StrEnum):
 
 class SiloPhase(StrEnum):
     PENDING = "Pending"
+    QUEUED = "Queued"  # its Job waits for admission by a queue (Kueue)
     RUNNING = "Running"
     SUCCEEDED = "Succeeded"
     EXCLUDED = "Excluded"
@@ -63,12 +66,23 @@ class SiloObservation:
     ``attempts`` counts attempts launched so far (0 before the first); ``job`` is the state of
     the latest one. ``rejected`` carries a reason when the attempt succeeded but its update was
     refused (bad digest, non-finite values): that is a failure of the attempt.
+
+    ``clock_s`` is the silo's own clock for an active attempt in a queue: seconds waiting for
+    admission while ``queued``, else seconds since admission. None: the round's clock.
     """
 
     attempts: int = 0
     job: JobState = JobState.ABSENT
     reason: str = ""
     rejected: str = ""
+    queued: bool = False
+    clock_s: float | None = None
+
+    def past(self, policy: Policy, elapsed_s: float) -> bool:
+        """Whether this silo is past its deadline."""
+        if self.job == JobState.ACTIVE and self.clock_s is not None:
+            return self.clock_s >= policy.deadline_s
+        return elapsed_s >= policy.deadline_s
 
 
 @dataclass(frozen=True)
@@ -127,11 +141,17 @@ def _silo(policy: Policy, name: str, obs: SiloObservation, past_deadline: bool,
         if past_deadline:
             return SiloPhase.EXCLUDED, f"{failure}; no time left to retry before the deadline", None
         return SiloPhase.RUNNING, "", LaunchSilo(name, obs.attempts + 1)
+    if past_deadline and obs.queued:
+        return (SiloPhase.EXCLUDED, f"not admitted by its queue within the deadline "
+                f"({policy.deadline_s:.0f} s)", None)
+    if past_deadline and obs.clock_s is not None and job == JobState.ACTIVE:
+        return (SiloPhase.EXCLUDED, f"missed its deadline ({policy.deadline_s:.0f} s from "
+                "admission by its queue; straggler)", None)
     if past_deadline:
         return SiloPhase.EXCLUDED, "missed the round's deadline (straggler)", None
     if job == JobState.ABSENT:
         return SiloPhase.PENDING, "", LaunchSilo(name, obs.attempts + 1)
-    return SiloPhase.RUNNING, "", None
+    return (SiloPhase.QUEUED if obs.queued else SiloPhase.RUNNING), "", None
 
 
 def decide(policy: Policy, obs: Observation) -> Decision:
@@ -139,14 +159,14 @@ def decide(policy: Policy, obs: Observation) -> Decision:
     unknown = set(obs.silos) - set(policy.silos)
     if unknown:
         raise ValueError(f"observation names silos not in the round: {sorted(unknown)}")
-    past_deadline = obs.elapsed_s >= policy.deadline_s
     aggregating = obs.aggregation != JobState.ABSENT
     phases: dict[str, SiloPhase] = {}
     reasons: dict[str, str] = {}
     launches: list[LaunchSilo] = []
     for name in policy.silos:
+        seen = obs.silos.get(name, SiloObservation())
         phase, reason, launch = _silo(
-            policy, name, obs.silos.get(name, SiloObservation()), past_deadline, aggregating
+            policy, name, seen, seen.past(policy, obs.elapsed_s), aggregating
         )
         phases[name] = phase
         if reason:
@@ -175,6 +195,11 @@ def decide(policy: Policy, obs: Observation) -> Decision:
         return fail(f"quorum impossible: {possible} silos can still succeed, {policy.quorum} "
                     f"needed ({detail})")
     settled = len(succeeded) + len(excluded) == len(policy.silos)
+    # Past the deadline: the round's clock ran out and no queued silo's own clock is still
+    # running (each such silo is excluded when its own clock runs out, which settles it).
+    past_deadline = obs.elapsed_s >= policy.deadline_s and all(
+        phases[s] in (SiloPhase.SUCCEEDED, SiloPhase.EXCLUDED) or obs.silos.get(
+            s, SiloObservation()).past(policy, obs.elapsed_s) for s in policy.silos)
     if settled or past_deadline:
         if len(succeeded) < policy.quorum:
             return fail(f"deadline passed with {len(succeeded)} of {policy.quorum} required "

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic.alias_generators import to_camel, to_snake
 
 API_VERSION = "fedma.io/v1alpha1"
 GROUP = "fedma.io"
@@ -137,6 +137,134 @@ class ResourcesSpec(_Model):
     memory: Quantity = "32Gi"
 
 
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# Env a silo may not set: the trainer's own contract (FEDMA_*, the offline switches, HOME),
+# the store's credentials (AWS_*: only from the Secret the spec names), and the loader and
+# interpreter hooks (LD_*, PYTHON*) that would run code from a mounted volume inside an
+# allow-listed image, which is what the image allow-list promises cannot happen.
+_RESERVED_ENV = re.compile(r"^(FEDMA_|LD_|PYTHON|AWS_)|^(HOME|PATH|HF_HUB_OFFLINE|"
+                           r"TRANSFORMERS_OFFLINE)$")
+# Annotation keys a silo may not set: fedma's and Kueue's own (the queue is ``queueName``),
+# and those that weaken the pod's confinement (AppArmor and seccomp profiles).
+_RESERVED_ANNOTATIONS = ("fedma.io/", "kueue.x-k8s.io/",
+                         "container.apparmor.security.beta.kubernetes.io/",
+                         "seccomp.security.alpha.kubernetes.io/")
+_QUALIFIED = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*"
+                        r"[A-Za-z0-9])?$")
+DnsSubdomain = Annotated[str, Field(min_length=1, max_length=253, pattern=(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
+# The paths fedma mounts into a trainer pod: an extra volume may not sit on, under or above
+# one of them (a mount at /etc would hide the round file).
+FEDMA_MOUNTS = ("/tmp", "/etc/fedma/round", "/dev/shm", "/dev/termination-log")
+
+
+class EnvVarSpec(_Model):
+    """A plain value: no ``valueFrom``, which would have the kubelet read a Secret or
+    ConfigMap of the silo's namespace for whoever wrote the spec."""
+
+    name: Annotated[str, Field(min_length=1, max_length=128, pattern=_ENV_NAME)]
+    value: Annotated[str, Field(max_length=1024)] = ""
+
+    @model_validator(mode="after")
+    def _not_reserved(self) -> EnvVarSpec:
+        if _RESERVED_ENV.match(self.name):
+            raise ValueError(f"name {self.name!r} is reserved (FEDMA_*, LD_*, PYTHON*, AWS_*, "
+                             "HOME, PATH and the offline switches are set by fedma or come "
+                             "only from the credentials Secret)")
+        return self
+
+
+class EmptyDirSpec(_Model):
+    medium: Literal["", "Memory"] = ""
+    size_limit: Quantity | None = None
+
+
+class ConfigMapVolumeSpec(_Model):
+    name: DnsSubdomain
+
+
+class ClaimVolumeSpec(_Model):
+    claim_name: DnsSubdomain
+    read_only: bool = True
+
+
+class ExtraVolumeSpec(_Model):
+    """One more volume, mounted into the trainer: scratch (``emptyDir``), a ConfigMap, or a
+    PersistentVolumeClaim. Nothing else: no ``hostPath`` (the node's files), no ``secret``
+    (the kubelet would read it for whoever wrote the spec: credentials come from
+    ``artifacts.credentialsSecret``), no CSI or projected service-account tokens."""
+
+    name: DnsLabel
+    mount_path: Annotated[str, Field(pattern=r"^/", max_length=1024)]
+    read_only: bool = True
+    empty_dir: EmptyDirSpec | None = None
+    config_map: ConfigMapVolumeSpec | None = None
+    persistent_volume_claim: ClaimVolumeSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ExtraVolumeSpec:
+        given = [k for k in ("emptyDir", "configMap", "persistentVolumeClaim")
+                 if getattr(self, to_snake(k)) is not None]
+        if len(given) != 1:
+            raise ValueError(f"volume {self.name!r}: give exactly one of emptyDir, configMap, "
+                             f"persistentVolumeClaim (got {', '.join(given) or 'none'})")
+        return self
+
+
+_FREE_FORM = {"x-kubernetes-preserve-unknown-fields": True}
+
+
+class AffinitySpec(_Model):
+    """A Kubernetes pod affinity (scheduling only; the apiserver checks the rest of its shape
+    when the Job is created, and the silo's status carries its message if it refuses)."""
+
+    node_affinity: dict[str, Any] | None = Field(None, json_schema_extra=_FREE_FORM)
+    pod_affinity: dict[str, Any] | None = Field(None, json_schema_extra=_FREE_FORM)
+    pod_anti_affinity: dict[str, Any] | None = Field(None, json_schema_extra=_FREE_FORM)
+
+
+class PodOverridesSpec(_Model):
+    """What a platform team sets on a silo's trainer pods. Every field changes scheduling,
+    bookkeeping or the trainer's own environment; none reaches the node, a credential or
+    the pod's security settings (docs/security.md)."""
+
+    priority_class_name: DnsSubdomain | None = None
+    runtime_class_name: DnsSubdomain | None = None
+    affinity: AffinitySpec | None = None
+    annotations: dict[str, Annotated[str, Field(max_length=1024)]] = Field(
+        default_factory=dict, max_length=16)
+    env: list[EnvVarSpec] = Field(default_factory=list, max_length=16, json_schema_extra={
+        "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
+    volumes: list[ExtraVolumeSpec] = Field(default_factory=list, max_length=8,
+                                           json_schema_extra={
+        "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
+
+    @model_validator(mode="after")
+    def _allowed(self) -> PodOverridesSpec:
+        for key in self.annotations:
+            prefix, _, name = key.rpartition("/")
+            if not _QUALIFIED.match(key) or len(prefix) > 253 or len(name) > 63:
+                raise ValueError(f"annotations: {key!r} is not a qualified name")
+            if key.startswith(_RESERVED_ANNOTATIONS):
+                raise ValueError(f"annotations: {key!r} is reserved (fedma.io/, "
+                                 "kueue.x-k8s.io/ and the AppArmor and seccomp keys)")
+        for kind, names in (("env", [e.name for e in self.env]),
+                            ("volumes", [v.name for v in self.volumes])):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{kind}: names must be unique, repeated: {', '.join(dupes)}")
+        for vol in self.volumes:
+            if vol.name in ("tmp", "round", "data", "dshm"):
+                raise ValueError(f"volumes: name {vol.name!r} is fedma's own")
+        return self
+
+
+def overlaps(a: str, b: str) -> bool:
+    """Whether one mount path equals, contains or lies under the other."""
+    a, b = a.rstrip("/") or "/", b.rstrip("/") or "/"
+    return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
+
+
 class SiloSpec(_Model):
     name: Annotated[DnsLabel, Field(max_length=40)]
     data: DataSpec
@@ -150,6 +278,22 @@ class SiloSpec(_Model):
     tolerations: list[TolerationSpec] = Field(default_factory=list)
     data_volume: VolumeSpec | None = None
     resources: ResourcesSpec = ResourcesSpec()
+    # Kueue: the LocalQueue (in the silo's namespace) its Jobs wait in. They are created
+    # suspended with the ``kueue.x-k8s.io/queue-name`` label; Kueue admits them (unsuspends)
+    # when the queue's quota allows, and the silo's deadline counts from admission.
+    queue_name: DnsLabel | None = None
+    pod: PodOverridesSpec = PodOverridesSpec()
+
+    @model_validator(mode="after")
+    def _mounts_apart(self) -> SiloSpec:
+        taken = [*FEDMA_MOUNTS, *([self.data_volume.mount_path] if self.data_volume else [])]
+        for vol in self.pod.volumes:
+            clash = next((t for t in taken if overlaps(vol.mount_path, t)), None)
+            if clash:
+                raise ValueError(f"pod.volumes: {vol.name!r} mountPath {vol.mount_path} "
+                                 f"overlaps {clash}, which fedma mounts")
+            taken.append(vol.mount_path)
+        return self
 
 
 class DeepSpeedSpec(_Model):

@@ -101,6 +101,7 @@ class Actor:
             entry.update(attempts=launch.attempt, job=name, jobState=JobState.ACTIVE,
                          reason="", launchedAt=now_iso(now))
             entry.pop("waiting", None)  # the last attempt's pod trouble
+            entry.pop("admittedAt", None)  # and its admission by a queue
             if where.cluster is None:
                 entry.update(jobState=JobState.FAILED, reason=where.error)
                 continue

@@ -26,6 +26,15 @@ VERSION = API_VERSION.split("/")[1]
 _DROP = {"title", "description_", "discriminator"}
 
 
+def _free_form(node: dict[str, Any]) -> dict[str, Any]:
+    """A free-form object (``dict[str, Any]``) keeps unknown fields; ``additionalProperties:
+    true`` beside that says nothing more, and the apiserver's structural check refuses it."""
+    if node.get("x-kubernetes-preserve-unknown-fields") and node.get(
+            "additionalProperties") is True:
+        node.pop("additionalProperties")
+    return node
+
+
 def structural(schema: dict[str, Any]) -> dict[str, Any]:
     defs = schema.get("$defs", {})
 
@@ -48,7 +57,7 @@ def structural(schema: dict[str, Any]) -> dict[str, Any]:
                         merged[k] = conv(v)
                 if node.get("default") is not None:
                     merged["default"] = node["default"]
-                return merged
+                return _free_form(merged)
         out: dict[str, Any] = {}
         for k, v in node.items():
             if k in _DROP or k == "$defs":
@@ -71,7 +80,7 @@ def structural(schema: dict[str, Any]) -> dict[str, Any]:
                 out[bound], out[flag] = limit, True
         if "enum" in out and "type" not in out:
             out["type"] = "integer" if all(isinstance(e, int) for e in out["enum"]) else "string"
-        return out
+        return _free_form(out)
 
     return conv({k: v for k, v in schema.items() if k != "$defs"})
 

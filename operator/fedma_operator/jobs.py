@@ -27,11 +27,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedma import roundref
-from fedma.spec import FederatedRound, SiloSpec
+from fedma.spec import FederatedRound, PodOverridesSpec, SiloSpec
 
 LABEL = "fedma.io"
 TERMINATION_LOG = "/dev/termination-log"
 ROUND_MOUNT = "/etc/fedma/round"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 
 @dataclass(frozen=True)
@@ -233,9 +234,41 @@ def silo_job(rnd: FederatedRound, silo: SiloSpec, attempt: int, namespace: str,
     if silo.tolerations:
         pod["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True)
                               for t in silo.tolerations]
+    with_overrides(pod, silo.pod)
     name = silo_job_name(rnd.metadata.name, silo.name, attempt)
-    return _job(name, namespace, labels(rnd, "silo", silo.name, attempt), pod,
-                rnd.spec.aggregation.deadline_seconds, owner, settings)
+    job = _job(name, namespace, labels(rnd, "silo", silo.name, attempt), pod,
+               rnd.spec.aggregation.deadline_seconds, owner, settings)
+    if silo.pod.annotations:
+        job["spec"]["template"]["metadata"]["annotations"] = dict(silo.pod.annotations)
+    if silo.queue_name:
+        # Kueue admits the Job by unsuspending it; the Job controller starts its
+        # activeDeadlineSeconds then, and the round counts the silo's deadline from there.
+        job["metadata"]["labels"][KUEUE_QUEUE_LABEL] = silo.queue_name
+        job["spec"]["suspend"] = True
+    return job
+
+
+def with_overrides(pod: dict[str, Any], over: PodOverridesSpec) -> None:
+    """A silo's pod overrides into its trainer pod. Only what the spec's types admit gets
+    here (no hostPath, no Secret volume, no valueFrom, no reserved env or annotations), so
+    nothing reaches the node, a credential or the pod's security settings."""
+    if over.priority_class_name:
+        pod["priorityClassName"] = over.priority_class_name
+    if over.runtime_class_name:
+        pod["runtimeClassName"] = over.runtime_class_name
+    if over.affinity:
+        pod["affinity"] = over.affinity.model_dump(by_alias=True, exclude_none=True)
+    trainer = pod["containers"][0]
+    trainer["env"] += [{"name": e.name, "value": e.value} for e in over.env]
+    for vol in over.volumes:
+        source = vol.model_dump(by_alias=True, exclude_none=True,
+                                include={"empty_dir", "config_map", "persistent_volume_claim"})
+        if vol.persistent_volume_claim:
+            source["persistentVolumeClaim"]["readOnly"] = (
+                vol.read_only or vol.persistent_volume_claim.read_only)
+        pod["volumes"].append({"name": vol.name, **source})
+        trainer["volumeMounts"].append({"name": vol.name, "mountPath": vol.mount_path,
+                                        "readOnly": vol.read_only})
 
 
 def aggregation_job(rnd: FederatedRound, included: dict[str, str], namespace: str,

@@ -167,6 +167,22 @@ def first_trouble(pods: list[dict[str, Any]]) -> str:
     return next((t for t in map(pod_trouble, pods) if t), "")
 
 
+def queue_clock(job: dict[str, Any], entry: dict[str, Any], now: datetime
+                ) -> tuple[bool, float]:
+    """A queued silo's own clock (Kueue): while its Job is suspended (not admitted, or
+    preempted and put back) the seconds since the Job was created, else the seconds since
+    admission, when the Job controller started it (``status.startTime``, which it resets
+    at each resume). ``entry`` records ``admittedAt`` (null while queued) for people."""
+    meta, spec, st = job["metadata"], job.get("spec") or {}, job.get("status") or {}
+    if spec.get("suspend"):
+        entry.pop("admittedAt", None)
+        created = parse_time(meta.get("creationTimestamp")) or now
+        return True, max(0.0, (now - created).total_seconds())
+    admitted = parse_time(st.get("startTime")) or now
+    entry["admittedAt"] = now_iso(admitted)
+    return False, max(0.0, (now - admitted).total_seconds())
+
+
 def _recorded(entry: dict[str, Any]) -> SiloObservation | None:
     """What status already settled for the latest attempt (no need to look again)."""
     attempts = int(entry.get("attempts") or 0)
@@ -226,6 +242,7 @@ async def observe_group(rnd: FederatedRound, cluster: Cluster, namespace: str,
     selector: Selector = {f"{jobs.LABEL}/round-name": rnd.metadata.name,
                           f"{jobs.LABEL}/role": "silo"}
     uid = jobs.round_uid(rnd)
+    in_queue = {s.name for s in rnd.spec.silos if s.queue_name}
     found: dict[str, list[dict[str, Any]]] = defaultdict(list)
     # Only the silos still open: a round's late reconciles read a few Jobs, not all of them.
     wanted = selector if len(pending) == len(entries) else {
@@ -248,10 +265,14 @@ async def observe_group(rnd: FederatedRound, cluster: Cluster, namespace: str,
             state, reason = job_state(job)
             if state == JobState.ACTIVE:
                 entry["jobState"] = JobState.ACTIVE
-                out[silo] = SiloObservation(attempts, JobState.ACTIVE)
-                launched = parse_time(entry.get("launchedAt"))
-                if now is not None and launched is not None and (
-                        now - launched).total_seconds() >= POD_CHECK_AFTER_S:
+                queued, clock = (queue_clock(job, entry, now) if silo in in_queue
+                                 and now is not None else (False, None))
+                out[silo] = SiloObservation(attempts, JobState.ACTIVE, queued=queued,
+                                            clock_s=clock)
+                started = parse_time(entry.get("admittedAt") if silo in in_queue
+                                     else entry.get("launchedAt"))
+                if now is not None and started is not None and not queued and (
+                        now - started).total_seconds() >= POD_CHECK_AFTER_S:
                     slow[silo] = job
             else:
                 done[silo] = (attempts, job, state, reason)

@@ -136,14 +136,17 @@ class RoundReconciler:
         return Outcome(patch, [*events, *actor.acts.events, *reported], done,
                        self._recheck(placements, spec_.aggregation.deadline_seconds, elapsed,
                                      any(e.get("jobState") == JobState.ACTIVE
-                                         for e in entries.values())),
+                                         for e in entries.values()),
+                                     any(s.queue_name and entries[s.name].get("jobState")
+                                         == JobState.ACTIVE for s in spec_.silos)),
                        GAP_PER_SILO_S * len(spec_.silos))
 
     def _recheck(self, placements: dict[str, Placement], deadline_s: float, elapsed: float,
-                 running: bool = False) -> float | None:
+                 running: bool = False, queued: bool = False) -> float | None:
         """No poll when the hub's Job watch sees every Job of the round (it wakes the loop
         when one finishes): wait for it, or for the round's deadline. A silo in another
-        cluster, or in an unwatched namespace, keeps the interval (its only clock)."""
+        cluster, or in an unwatched namespace, keeps the interval (its only clock); so does
+        a silo in a queue past the round's deadline (its own deadline is still to come)."""
         if any(p.cluster is not self.pool.hub or not self.watched(p.namespace)
                for p in placements.values()):
             return None
@@ -151,7 +154,7 @@ class RoundReconciler:
         # Running Jobs get their pods looked at (observe.pod_trouble) this often: a pod stuck
         # on its image or a missing Secret shows in status within a minute, not at the deadline.
         every = POD_RECHECK_S if running else WATCHED_RECHECK_S
-        return min(every, left + 0.5) if left > 0 else None
+        return min(every, left + 0.5) if left > 0 else (every if queued else None)
 
     def _metrics(self, rnd: FederatedRound, body: dict[str, Any], status: dict[str, Any],
                  patch: dict[str, Any], settled: Settled, started: list[tuple[str, int]],

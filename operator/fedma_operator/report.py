@@ -67,6 +67,15 @@ def aggregated(entries: dict[str, dict[str, Any]], agg: dict[str, Any]) -> dict[
             "serverState": summary.get("server_state")}
 
 
+def _dropping(status: dict[str, Any], entries: dict[str, dict[str, Any]]
+              ) -> dict[str, dict[str, Any]]:
+    """The silo entries as a merge patch writes them: a key this reconcile removed (the
+    last attempt's ``waiting``) is sent as null, or the stored status would keep it."""
+    old = status.get("silos") or {}
+    return {name: {**{k: None for k in old.get(name) or {} if k not in entry}, **entry}
+            for name, entry in entries.items()}
+
+
 def report(decision: Decision, status: dict[str, Any], patch: dict[str, Any],
            conds: list[dict[str, Any]], entries: dict[str, dict[str, Any]],
            agg: dict[str, Any], settled: Settled, generation: int, now: datetime,
@@ -87,7 +96,8 @@ def report(decision: Decision, status: dict[str, Any], patch: dict[str, Any],
     losses = [e["loss"] for e in entries.values() if isinstance(e.get("loss"), int | float)]
     if "loss" not in patch and losses:
         patch["loss"] = round(sum(losses) / len(losses), 6)
-    patch.update(phase=phase, message=message, silos=entries, aggregation=agg,
+    patch.update(phase=phase, message=message, silos=_dropping(status, entries),
+                 aggregation=agg,
                  silosDone=f"{done_count}/{len(entries)}")
     if phase != status.get("phase"):
         patch["phaseSince"] = now_iso(now)

@@ -77,3 +77,47 @@ def test_aggregation_outcomes_and_late_arrivals_stay_out():
 def test_same_observation_same_decision():
     o = obs(elapsed=3, a=(1, F, "x"), b=(1, S))
     assert decide(P, o) == decide(P, o)
+
+
+def queued(attempts=1, clock=0.0):
+    return SiloObservation(attempts, A, queued=True, clock_s=clock)
+
+
+def admitted(clock):
+    return SiloObservation(attempts=1, job=A, clock_s=clock)
+
+
+def test_a_queued_silo_is_queued_and_its_deadline_counts_from_admission():
+    """Kueue: the round's clock ran out, but the silo admitted 30 s ago has 70 s left, so the
+    round waits for it; with the round's clock alone it would be a straggler."""
+    o = Observation({"a": SiloObservation(1, S), "b": SiloObservation(1, S),
+                     "c": queued(clock=40)}, elapsed_s=40)
+    d = decide(P, o)
+    assert d.silo_phases["c"] == SiloPhase.QUEUED and d.phase == RoundPhase.TRAINING
+    o = Observation({"a": SiloObservation(1, S), "b": SiloObservation(1, S),
+                     "c": admitted(30)}, elapsed_s=130)
+    d = decide(P, o)
+    assert d.silo_phases["c"] == SiloPhase.RUNNING, d
+    assert d.aggregate is None and d.phase == RoundPhase.TRAINING
+    d = decide(P, Observation({**o.silos, "c": admitted(100)}, elapsed_s=200))
+    assert d.silo_phases["c"] == SiloPhase.EXCLUDED
+    assert "from admission" in d.reasons["c"]
+    assert d.aggregate is not None and d.aggregate.included == ("a", "b")
+
+
+def test_a_silo_never_admitted_is_excluded_when_its_queue_wait_reaches_the_deadline():
+    o = Observation({"a": SiloObservation(1, S), "b": SiloObservation(1, S),
+                     "c": queued(clock=99.9)}, elapsed_s=99.9)
+    assert decide(P, o).silo_phases["c"] == SiloPhase.QUEUED
+    d = decide(P, Observation({**o.silos, "c": queued(clock=100)}, elapsed_s=100))
+    assert d.silo_phases["c"] == SiloPhase.EXCLUDED
+    assert "not admitted by its queue" in d.reasons["c"]
+    assert d.aggregate is not None and d.aggregate.included == ("a", "b")
+
+
+def test_silos_without_a_queue_keep_the_rounds_clock_beside_a_queued_one():
+    o = Observation({"a": SiloObservation(1, A), "b": SiloObservation(1, S),
+                     "c": admitted(10)}, elapsed_s=100)
+    d = decide(P, o)
+    assert d.silo_phases["a"] == SiloPhase.EXCLUDED and "straggler" in d.reasons["a"]
+    assert d.silo_phases["c"] == SiloPhase.RUNNING and d.aggregate is None

@@ -7,7 +7,8 @@ marker file records that it did — so the retry the round logic launches runs c
 dies by SIGKILL, as under the OOM killer or a lost node: no handler, no cleanup, no
 termination message.
 
-Points: ``start`` (a silo process dies before doing anything), ``hang`` (it never finishes:
+Points: ``start`` (a silo process dies before doing anything), ``slow`` (it sleeps
+``$FEDMA_FAULT_SLOW_S`` seconds, 20 by default, then trains), ``hang`` (it never finishes:
 a straggler, until something kills it), ``mid-training`` (after its
 second optimiser step), ``after-upload`` (right after its update is committed to the store,
 before it reports), ``aggregate-mid-write`` (the aggregator dies halfway through writing the
@@ -42,6 +43,11 @@ def _install_one(point: str, silo: str, marker: Path) -> None:
     is_silo = "--silo" in argv and argv[argv.index("--silo") + 1] == silo
     if point == "start" and is_silo:
         _die(marker)
+    elif point == "slow" and is_silo:  # takes its time, then trains as usual
+        import time
+
+        marker.write_text(" ".join(argv))
+        time.sleep(float(os.environ.get("FEDMA_FAULT_SLOW_S", "20")))
     elif point == "hang" and is_silo:  # a straggler: alive, never done, until it is killed
         import time
 

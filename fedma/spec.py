@@ -162,6 +162,14 @@ class EnvVarSpec(_Model):
     """A plain value: no ``valueFrom``, which would have the kubelet read a Secret or
     ConfigMap of the silo's namespace for whoever wrote the spec."""
 
+    model_config = ConfigDict(**_Model.model_config, json_schema_extra={
+        "x-kubernetes-validations": [{
+            "rule": "!self.name.matches('^(FEDMA_|LD_|PYTHON|AWS_)') && !(self.name in "
+                    "['HOME', 'PATH', 'HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE'])",
+            "message": "env name is reserved (FEDMA_*, LD_*, PYTHON*, AWS_*, HOME, PATH and "
+                       "the offline switches are set by fedma or come only from the "
+                       "credentials Secret)", "fieldPath": ".name"}]})
+
     name: Annotated[str, Field(min_length=1, max_length=128, pattern=_ENV_NAME)]
     value: Annotated[str, Field(max_length=1024)] = ""
 
@@ -193,6 +201,12 @@ class ExtraVolumeSpec(_Model):
     PersistentVolumeClaim. Nothing else: no ``hostPath`` (the node's files), no ``secret``
     (the kubelet would read it for whoever wrote the spec: credentials come from
     ``artifacts.credentialsSecret``), no CSI or projected service-account tokens."""
+
+    model_config = ConfigDict(**_Model.model_config, json_schema_extra={
+        "x-kubernetes-validations": [{
+            "rule": "[has(self.emptyDir), has(self.configMap), "
+                    "has(self.persistentVolumeClaim)].filter(x, x).size() == 1",
+            "message": "give exactly one of emptyDir, configMap, persistentVolumeClaim"}]})
 
     name: DnsLabel
     mount_path: Annotated[str, Field(pattern=r"^/", max_length=1024)]

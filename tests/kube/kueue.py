@@ -14,6 +14,7 @@ written there (the suite runs as root, as CI does).
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
 import time
@@ -52,7 +53,7 @@ def module_dir() -> Path:
     out = subprocess.run(["go", "mod", "download", "-json", "sigs.k8s.io/kueue"],
                          cwd=HERE / "tools" / "kueue", check=True, capture_output=True,
                          text=True, env={**os.environ, "GOFLAGS": "-mod=mod"})
-    return Path(yaml.safe_load(out.stdout)["Dir"])
+    return Path(json.loads(out.stdout)["Dir"])
 
 
 def by_url(doc: dict[str, Any], base: str, ca_pem: bytes) -> dict[str, Any]:

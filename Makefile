@@ -61,14 +61,17 @@ lint: $(STAMP)
 	$(BIN)/ruff check fedma operator tests bench charts
 	$(BIN)/lint-imports
 
-# The pinned control plane and helm (tests/kube/build.sh: built once, cached by version).
+# The pinned control plane and helm (tests/kube/build.sh), and Kueue (build-kueue.sh): built
+# once, cached by version.
 kube-bin:
 	bash tests/kube/build.sh
+	bash tests/kube/build-kueue.sh
 
 test: $(STAMP)
 	$(BIN)/ruff check fedma operator tests bench charts
 	$(BIN)/lint-imports
-	kube_bin="$$(bash tests/kube/build.sh)" && FEDMA_KUBE_BIN="$$kube_bin" $(BIN)/python -m pytest -q
+	kube_bin="$$(bash tests/kube/build.sh)" && kueue="$$(bash tests/kube/build-kueue.sh)" && \
+	  FEDMA_KUBE_BIN="$$kube_bin" FEDMA_KUEUE_DIR="$$kueue" $(BIN)/python -m pytest -q
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -41,6 +41,7 @@ from fedma_operator.metrics import Metrics
 from fedma_operator.observe import job_state
 from fedma_operator.reconcile import Outcome, RoundReconciler
 from fedma_operator.release import release
+from fedma_operator.status import merge_patch
 from fedma_operator.tenancy import Tenancy
 from fedma_operator.training import TrainingReconciler
 
@@ -171,8 +172,8 @@ def build_registry(cfg: OperatorConfig, api_factory: ApiFactory = default_api,
                     outcome = await reconcile(raw, datetime.now(UTC))
                     current = raw.get("status") or {}
                     if any(current.get(k) != v for k, v in outcome.status.items()):
-                        updated = await state["hub"].patch_status(plural, *key, outcome.status)
-                        written = updated.get("status") or {}
+                        await state["hub"].patch_status(plural, *key, outcome.status)
+                        written = merge_patch(current, outcome.status)
                 except Exception:  # an API hiccup: log it, try again after the interval
                     log.exception("%s %s/%s: reconcile failed; retrying in %.0f s", kind, *key,
                                   cfg.interval_s)

@@ -100,8 +100,9 @@ class Cluster:
 
     async def _call(self, verb: str, resource: str,
                     call: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
+        # A create's, delete's or patch's echo of the object is not worth parsing.
         return await _timed(self.observe, verb, resource, call, self.name, self.timeout_s,
-                            decode=verb not in ("create", "delete"))
+                            decode=verb not in ("create", "delete", "patch"))
 
     async def list_jobs(self, namespace: str, selector: Selector) -> list[dict[str, Any]]:
         out = await self._call("list", "jobs", lambda: self.batch.list_namespaced_job(
@@ -169,9 +170,10 @@ class Hub(Cluster):
             raise
 
     async def patch_status(self, plural: str, namespace: str, name: str,
-                           status: dict[str, Any]) -> dict[str, Any]:
-        """Merge-patch ``.status`` of a FederatedRound/-Training; returns the updated object."""
-        return await self._call("patch", f"{plural}/status",
+                           status: dict[str, Any]) -> None:
+        """Merge-patch ``.status`` of a FederatedRound/-Training (the caller knows the
+        result: status.merge_patch)."""
+        await self._call("patch", f"{plural}/status",
                             lambda: self.custom.patch_namespaced_custom_object_status(
                                 GROUP, VERSION, namespace, plural, name, {"status": status},
                                 # The client's default for a dict is a JSON patch, which an

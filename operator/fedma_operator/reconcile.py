@@ -44,7 +44,7 @@ POD_RECHECK_S = 30.0
 # 0.5 s, handlers.py): its reconcile reads, decides and writes in proportion to its silos, so
 # Jobs finishing one after another cost the operator a bounded share of a core however large
 # the round (1 s between reconciles at 100 silos, 10 s at 1,000), not one reconcile per Job.
-GAP_PER_SILO_S = 0.01
+GAP_PER_SILO_S = 0.03
 
 
 def parse_round(body: dict[str, Any], spec: dict[str, Any], source: str = "manifest"

@@ -296,12 +296,14 @@ class SiloSpec(_Model):
     # suspended with the ``kueue.x-k8s.io/queue-name`` label; Kueue admits them (unsuspends)
     # when the queue's quota allows, and the silo's deadline counts from admission.
     queue_name: DnsLabel | None = None
-    pod: PodOverridesSpec = PodOverridesSpec()
+    # None, not an empty default: a round of 1,000 silos carries its spec twice (spec and
+    # status.acceptedSpec), and empty maps would be 90 KiB of it.
+    pod: PodOverridesSpec | None = None
 
     @model_validator(mode="after")
     def _mounts_apart(self) -> SiloSpec:
         taken = [*FEDMA_MOUNTS, *([self.data_volume.mount_path] if self.data_volume else [])]
-        for vol in self.pod.volumes:
+        for vol in self.pod.volumes if self.pod else []:
             clash = next((t for t in taken if overlaps(vol.mount_path, t)), None)
             if clash:
                 raise ValueError(f"pod.volumes: {vol.name!r} mountPath {vol.mount_path} "
@@ -387,6 +389,15 @@ class AggregationSpec(_Model):
     robust: RobustSpec = RobustSpec()
     privacy: PrivacySpec = PrivacySpec()
 
+    @model_validator(mode="after")
+    def _clip_not_reject_under_dp(self) -> AggregationSpec:
+        if self.privacy.noise_multiplier > 0 and self.robust.max_update_norm > 0:
+            raise ValueError(
+                "robust.maxUpdateNorm: not with central DP (privacy.noiseMultiplier > 0): "
+                "rejecting an update for its size is a data-dependent choice the privacy "
+                "accountant does not see; privacy.clipNorm bounds every update instead")
+        return self
+
 
 class ArtifactsSpec(_Model):
     """Where rounds live: an fsspec URI root (``file://...`` or ``s3://bucket/prefix``)."""
@@ -424,6 +435,14 @@ _CEL_RULES = [
              "has(self.training.proximalMu) && self.training.proximalMu > 0.0)",
      "message": "training.proximalMu must be > 0 with aggregation.strategy fedprox",
      "fieldPath": ".training.proximalMu"},
+    {"rule": "!has(self.aggregation) || !has(self.aggregation.privacy) || "
+             "!has(self.aggregation.privacy.noiseMultiplier) || "
+             "self.aggregation.privacy.noiseMultiplier == 0.0 || "
+             "!has(self.aggregation.robust) || !has(self.aggregation.robust.maxUpdateNorm) || "
+             "self.aggregation.robust.maxUpdateNorm == 0.0",
+     "message": "aggregation.robust.maxUpdateNorm is not allowed with central DP (DP clips, "
+                "never rejects)",
+     "fieldPath": ".aggregation.robust.maxUpdateNorm"},
 ]
 
 

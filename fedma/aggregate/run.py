@@ -101,7 +101,8 @@ def _aggregate(store: Store, spec: FederatedRoundSpec, wanted: dict[str, str | N
         )
     robust = spec.aggregation.robust.model_dump(exclude={"max_update_norm"})
     strategy = get_strategy(spec.aggregation.strategy, spec.aggregation.options, robust,
-                            spec.aggregation.privacy.model_dump())
+                            {**spec.aggregation.privacy.model_dump(),
+                             "expected_silos": len(spec.silos)})
     try:
         result = strategy.aggregate(base, updates, state)
     finally:

@@ -49,8 +49,12 @@ class ServerOptimizer:
             if self.robust.get("rule", "mean") != "mean":
                 raise ValueError("aggregation.privacy: central DP needs robust.rule 'mean' "
                                  "(its sensitivity bound is for the clipped mean)")
+            if not privacy.get("expected_silos"):
+                raise ValueError("aggregation.privacy: central DP needs expected_silos, the "
+                                 "number of silos the round lists (its noise is calibrated "
+                                 "to it)")
             self.privacy = PrivacyConfig(privacy["noise_multiplier"], privacy["clip_norm"],
-                                         privacy["delta"])
+                                         privacy["delta"], int(privacy["expected_silos"]))
 
     def aggregate(self, base: Tensors, updates: list[SiloUpdate],
                   server_state: Tensors) -> AggregateResult:
@@ -84,8 +88,9 @@ class ServerOptimizer:
             # The step is ours (never a caller's tensor): add the base into it in place.
             new = {k: step[k].to(base[k].dtype).add_(base[k]) for k in base}
         total = sum(u.samples for u in ordered)
-        # Under central DP the silos are weighted equally (see privacy.py).
-        weight = ({u.silo: 1 / len(ordered) for u in ordered} if self.privacy is not None
+        # Under central DP the silos are weighted equally, over the silos listed (privacy.py).
+        weight = ({u.silo: 1 / self.privacy.expected_silos for u in ordered}
+                  if self.privacy is not None
                   else {u.silo: u.samples / total for u in ordered})
         report = {u.silo: {"weight": weight[u.silo], "samples": u.samples,
                            **({"note": combined.notes[u.silo]} if u.silo in combined.notes

@@ -234,11 +234,12 @@ def silo_job(rnd: FederatedRound, silo: SiloSpec, attempt: int, namespace: str,
     if silo.tolerations:
         pod["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True)
                               for t in silo.tolerations]
-    with_overrides(pod, silo.pod)
+    if silo.pod:
+        with_overrides(pod, silo.pod)
     name = silo_job_name(rnd.metadata.name, silo.name, attempt)
     job = _job(name, namespace, labels(rnd, "silo", silo.name, attempt), pod,
                rnd.spec.aggregation.deadline_seconds, owner, settings)
-    if silo.pod.annotations:
+    if silo.pod and silo.pod.annotations:
         job["spec"]["template"]["metadata"]["annotations"] = dict(silo.pod.annotations)
     if silo.queue_name:
         # Kueue admits the Job by unsuspending it; the Job controller starts its

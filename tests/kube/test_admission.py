@@ -91,6 +91,9 @@ def test_the_cel_rules_refuse_what_the_types_refuse(hub, ns):
     assert "aggregation.minSilos exceeds the number of silos listed" in quorum.stderr
     prox = create(hub, round_body("prox", aggregation={"strategy": "fedprox"}))
     assert "training.proximalMu must be > 0" in prox.stderr, prox.stderr
+    dp = create(hub, round_body("dp", aggregation={
+        "privacy": {"noiseMultiplier": 1.0, "clipNorm": 1.0}, "robust": {"maxUpdateNorm": 5.0}}))
+    assert "maxUpdateNorm is not allowed with central DP" in dp.stderr, dp.stderr
     dup = round_body("dup")
     dup["spec"]["silos"][1]["name"] = "silo-1"
     out = create(hub, dup)

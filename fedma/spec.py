@@ -296,6 +296,9 @@ class SiloSpec(_Model):
     # suspended with the ``kueue.x-k8s.io/queue-name`` label; Kueue admits them (unsuspends)
     # when the queue's quota allows, and the silo's deadline counts from admission.
     queue_name: DnsLabel | None = None
+    # The most samples this silo's update may count for in a round's weighted mean (its
+    # shard's size, agreed beforehand): a silo's own count is self-reported.
+    max_samples: int | None = Field(None, ge=1, le=10**12)
     # None, not an empty default: a round of 1,000 silos carries its spec twice (spec and
     # status.acceptedSpec), and empty maps would be 90 KiB of it.
     pod: PodOverridesSpec | None = None

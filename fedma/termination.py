@@ -22,7 +22,8 @@ from typing import Any
 LIMIT = 4096  # bytes Kubernetes keeps of a termination message
 # What the operator acts on; anything else (reports, partition details) is left out first.
 ESSENTIAL = ("silo", "round", "status", "reason", "update", "output", "server_state",
-             "samples", "steps", "loss", "rejected", "notes", "privacy", "reused", "seconds")
+             "samples", "steps", "loss", "rejected", "notes", "privacy", "robust", "reused",
+             "seconds")
 REASON_MIN = 40  # a reason is never shortened below this many characters
 
 
@@ -76,7 +77,7 @@ def encode(summary: dict[str, Any], requested: Sequence[str] = (), limit: int = 
             out[key] = _shorten(reasons, width)
         if not _fits(out, limit) and f"{key}Mask" in out:
             out[key] = {}  # the mask names them; the reasons are in the store
-    for key in ("privacy", "seconds", "reused", "rejected", "notes"):
+    for key in ("privacy", "robust", "seconds", "reused", "rejected", "notes"):
         if _fits(out, limit):
             break
         out.pop(key, None)

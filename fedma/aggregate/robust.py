@@ -31,6 +31,8 @@ class Combined:
     delta: Tensors
     # Per-silo notes for the report (clipped, dropped by Krum, ...).
     notes: dict[str, str]
+    # When the rule could not do what it is for this round (too few updates to trim any).
+    warning: str = ""
 
 
 def _norm(d: Tensors) -> float:
@@ -79,11 +81,17 @@ def combine(deltas: dict[str, Tensors], samples: dict[str, int], rule: str = "me
     if not 0 <= trim_fraction < 0.5 or len(names) - 2 * cut < 1:
         raise ValueError(f"aggregation.robust.trimFraction {trim_fraction} leaves no silo of "
                          f"{len(names)}")
+    warning = ""
+    if cut == 0 and trim_fraction > 0:
+        # Said, not silently done: the operator asked for robustness it is not getting.
+        warning = (f"trimmed_mean trimmed nothing: trimFraction {trim_fraction:g} of "
+                   f"{len(names)} updates is under one per end (it needs at least "
+                   f"{math.ceil(1 / trim_fraction)}), so this round is the plain unweighted mean")
     out = {}
     for k, s in stacked.items():
         srt = s.sort(dim=0).values
         out[k] = srt[cut : len(names) - cut].mean(dim=0)
-    return Combined(out, notes)
+    return Combined(out, notes, warning)
 
 
 def _multi_krum(deltas: dict[str, Tensors], samples: dict[str, int], names: list[str],

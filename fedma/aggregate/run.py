@@ -67,6 +67,23 @@ def aggregate_round(rnd: FederatedRound, included: dict[str, str | None],
                           max_delta_norm, t0)
 
 
+def sample_bound(spec: FederatedRoundSpec, silo: str) -> tuple[int, str] | None:
+    """The most samples a silo's update may weigh in the mean, from what the hub knows: the
+    silo's ``maxSamples`` in the spec (its shard, agreed beforehand) and, when local steps are
+    capped, ``maxStepsPerRound × batchSize`` (a trainer counts the samples it stepped over).
+    A silo's own count is self-reported: unbounded, one claiming 10⁹ samples would take over
+    every weighted rule. None: nothing to bound it by."""
+    bounds = []
+    declared = next((s.max_samples for s in spec.silos if s.name == silo), None)
+    if declared:
+        bounds.append((declared, f"silos[{silo}].maxSamples"))
+    t = spec.training
+    if t.max_steps_per_round:
+        bounds.append((t.max_steps_per_round * t.batch_size,
+                       "training.maxStepsPerRound × batchSize"))
+    return min(bounds) if bounds else None
+
+
 def _aggregate(store: Store, spec: FederatedRoundSpec, wanted: dict[str, str | None],
                base: dict[str, torch.Tensor], state: dict[str, torch.Tensor], out_rel: str,
                work: Path, max_delta_norm: float, t0: float) -> dict[str, Any]:
@@ -75,6 +92,7 @@ def _aggregate(store: Store, spec: FederatedRoundSpec, wanted: dict[str, str | N
     assert spec.input is not None
     updates: list[SiloUpdate] = []
     rejected: dict[str, str] = {}
+    capped: dict[str, str] = {}  # silo → how its self-reported sample count was bounded
     for silo, digest in wanted.items():
         rel = update_rel(spec.training_name, spec.round, silo)
         try:
@@ -92,6 +110,10 @@ def _aggregate(store: Store, spec: FederatedRoundSpec, wanted: dict[str, str | N
         if reason:
             rejected[silo] = reason
             continue
+        bound = sample_bound(spec, silo)
+        if bound is not None and samples > bound[0]:
+            capped[silo] = f"reported {samples} samples, counted {bound[0]} ({bound[1]})"
+            samples = bound[0]
         updates.append(SiloUpdate(silo, weights, samples, float(manifest.get("loss", "nan"))))
 
     if len(updates) < spec.quorum:
@@ -110,6 +132,9 @@ def _aggregate(store: Store, spec: FederatedRoundSpec, wanted: dict[str, str | N
             stored = getattr(u.weights, "stored", None)
             if isinstance(stored, MappedTensors):
                 stored.close()
+    for silo, note in capped.items():  # the bound shows in the silo's status note
+        entry = result.report.setdefault(silo, {})
+        entry["note"] = "; ".join(filter(None, (entry.get("note"), note)))
     state_ref = None
     if result.server_state:
         state_ref = store.put_tensors(
@@ -139,5 +164,6 @@ def _summary(store: Store, rel: str, manifest: dict[str, Any], t0: float,
                   if isinstance(r, dict) and r.get("note")},
         "samples": manifest["samples"], "loss": manifest["loss"], "reused": reused,
         "privacy": (manifest.get("report") or {}).get("_privacy"),
+        "robust": (manifest.get("report") or {}).get("_robust"),
         "seconds": round(time.perf_counter() - t0, 3),
     }

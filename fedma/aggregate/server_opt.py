@@ -97,6 +97,8 @@ class ServerOptimizer:
                               else {})}
                   for u in ordered}
         report.update(extra)
+        if combined.warning:
+            report["_robust"] = combined.warning
         return AggregateResult(new, {k: v.float() for k, v in state.items()}, report)
 
     def step(self, delta: Tensors, state: Tensors) -> Tensors:

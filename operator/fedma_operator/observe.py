@@ -377,6 +377,6 @@ async def observe_aggregation(rnd: FederatedRound, hub: Cluster, namespace: str,
         return AggregationSeen(JobState.FAILED, agg["reason"])
     agg.update(phase=JobState.SUCCEEDED, summary={
         k: summary.get(k) for k in ("output", "server_state", "rejected", "notes",
-                                    "rejectedMask", "notesMask", "samples", "loss",
+                                    "rejectedMask", "notesMask", "samples", "loss", "robust",
                                     "truncated") if summary.get(k) is not None})
     return AggregationSeen(JobState.SUCCEEDED)

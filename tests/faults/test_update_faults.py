@@ -3,6 +3,7 @@ Job's code (fedma.aggregate.run), and their reasons in the FederatedRound's stat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,9 +20,13 @@ SILOS = [f"silo-{i}" for i in range(1, 6)]
 EVIL = "silo-5"
 
 
-def _round(tmp_path, tiny_models, robust: dict[str, Any]):
+def _round(tmp_path, tiny_models, robust: dict[str, Any],
+           edit: Callable[[dict[str, Any]], None] = lambda obj: None):
+    """Five silos' round 1 in a store: four honest updates written (samples 10 each), the
+    fifth's left to the test; ``edit`` changes the training manifest first."""
     obj = training_manifest(tmp_path, tiny_models, silos=5, n=4)
     obj["spec"]["aggregation"].update(minSilos=3, robust=robust)
+    edit(obj)
     training = parse(obj)
     store = Store(training.spec.artifacts.uri)
     g = torch.Generator().manual_seed(0)
@@ -41,9 +46,10 @@ def _round(tmp_path, tiny_models, robust: dict[str, Any]):
     return rnd, store, base, ref.digest, digests, mean
 
 
-def _put_evil(store: Store, base_digest: str, weights: dict[str, torch.Tensor]) -> str:
+def _put_evil(store: Store, base_digest: str, weights: dict[str, torch.Tensor],
+              samples: int = 10) -> str:
     return store.put_tensors(update_rel("tiny", 1, EVIL), weights, {
-        "samples": 10, "loss": 1.0, "base_digest": base_digest}).digest
+        "samples": samples, "loss": 1.0, "base_digest": base_digest}).digest
 
 
 REJECTED = {

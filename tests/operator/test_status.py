@@ -37,3 +37,16 @@ def test_merge_patch_leaves_its_inputs_alone():
     target = {"silos": {"a": {"waiting": "ImagePullBackOff", "phase": "Running"}}}
     merge_patch(target, {"silos": {"a": {"waiting": None, "phase": "Succeeded"}}})
     assert target == {"silos": {"a": {"waiting": "ImagePullBackOff", "phase": "Running"}}}
+
+
+def test_a_silo_key_the_reconcile_removed_reaches_the_apiserver_as_null():
+    """A silo's ``waiting`` (its last attempt's pod trouble) is dropped at the next launch;
+    a merge patch without the key would leave it stored."""
+    from fedma_operator.report import _dropping
+
+    old = {"silos": {"a": {"phase": "Running", "waiting": "ImagePullBackOff: x"}}}
+    entries = {"a": {"phase": "Running", "attempts": 2}}
+    patch = _dropping(old, entries)
+    assert patch == {"a": {"phase": "Running", "attempts": 2, "waiting": None}}
+    assert merge_patch(old, {"silos": patch}) == {"silos": {"a": {"phase": "Running",
+                                                                  "attempts": 2}}}

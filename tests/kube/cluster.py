@@ -38,13 +38,19 @@ AUDIT_POLICY = {"apiVersion": "audit.k8s.io/v1", "kind": "Policy",
                 "omitStages": ["RequestReceived"], "rules": [{"level": "Metadata"}]}
 
 
-def kube_bin() -> Path:
-    """Where build.sh put the binaries (it builds them the first time, then answers at once)."""
-    env = os.environ.get("FEDMA_KUBE_BIN")
-    if env:
-        return Path(env)
-    out = subprocess.run(["bash", str(BUILD)], check=True, capture_output=True, text=True)
+def built(env: str, script: Path) -> Path:
+    """``$env``, else the folder ``script`` prints (it builds the first time, then answers at
+    once)."""
+    given = os.environ.get(env)
+    if given:
+        return Path(given)
+    out = subprocess.run(["bash", str(script)], check=True, capture_output=True, text=True)
     return Path(out.stdout.strip().splitlines()[-1])
+
+
+def kube_bin() -> Path:
+    """Where build.sh put the binaries."""
+    return built("FEDMA_KUBE_BIN", BUILD)
 
 
 def kubeconfig(server: str, ca: Path, user: dict[str, Any], name: str = "cluster",

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from tests.kube.cluster import ControlPlane, Proc
+from tests.kube.cluster import ControlPlane, Proc, built
 from tests.operator.conftest import free_port
 
 # The webhooks registered: Kueue's own objects and batch Jobs (the one integration enabled);
@@ -40,12 +40,8 @@ WEBHOOKS = ("validatingwebhookconfiguration", "mutatingwebhookconfiguration")
 
 
 def kueue_dir() -> Path:
-    """Where build-kueue.sh put bin/kueue and crds/ (built the first time, then at once)."""
-    env = os.environ.get("FEDMA_KUEUE_DIR")
-    if env:
-        return Path(env)
-    out = subprocess.run(["bash", str(BUILD)], check=True, capture_output=True, text=True)
-    return Path(out.stdout.strip().splitlines()[-1])
+    """Where build-kueue.sh put bin/kueue and crds/."""
+    return built("FEDMA_KUEUE_DIR", BUILD)
 
 
 def module_dir() -> Path:

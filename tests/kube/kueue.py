@@ -81,7 +81,7 @@ class Kueue:
         # refuse every Job the rest of the suite creates.
         for kind, name in self.hooks:
             self.cp.kubectl("delete", kind, name, "--ignore-not-found", check=False)
-        self.proc.stop()
+        self.cp.stop_process("kueue")
 
 
 def start_kueue(cp: ControlPlane, folder: Path, timeout_s: float = 120) -> Kueue:

@@ -260,7 +260,12 @@ def test_a_job_left_by_an_earlier_run_of_the_same_name_is_not_adopted(hub, opera
         "spec": {"suspend": True, "template": {"spec": {"restartPolicy": "Never",
                  "containers": [{"name": "c", "image": "x", "command": ["true"]}]}}}}
     apply(hub, stale)
-    before = get(hub, f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/again-r0001-silo-1-a1")
+    path = f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/again-r0001-silo-1-a1"
+    # The Job controller marks a suspended Job ``Suspended`` (one status write of its own);
+    # the version compared below is the one after that write, so only others' writes count.
+    before = wait_until(lambda: (j := get(hub, path)) and any(
+        c["type"] == "Suspended" for c in j.get("status", {}).get("conditions") or []) and j,
+        60, "the Job controller to mark the stale Job Suspended")
     apply(hub, one_round(tmp_path, tiny_models, "again", silos=1, backoffLimit=1))
     obj = finished_training(hub, "again", operator)
     assert obj["status"]["phase"] == "Succeeded", obj["status"]
@@ -269,7 +274,7 @@ def test_a_job_left_by_an_earlier_run_of_the_same_name_is_not_adopted(hub, opera
     (conflict,) = [e for e in events_of(hub, "JobConflict")
                    if "again-r0001-silo-1-a1" in e["message"]]
     assert "not this round's" in conflict["message"], conflict
-    after = get(hub, f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/again-r0001-silo-1-a1")
+    after = get(hub, path)
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
     delete_training(hub, "again")
     hub.kubectl("-n", NAMESPACE, "delete", "job", "again-r0001-silo-1-a1")

@@ -10,35 +10,64 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from fedma import roundref
+from fedma.console import make_console
 from fedma.spec import FederatedRound, FederatedTraining, SpecError, load
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Federated alignment pre-training of multimodal LLM projectors.")
-err = Console(stderr=True)
+err = make_console(stderr=True)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fedma")
+    except PackageNotFoundError:  # pragma: no cover - run from a source tree
+        from fedma import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"fedma {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="print the version and exit")] = False) -> None:
+    """Federated alignment pre-training of multimodal LLM projectors."""
 
 
 def _fail(msg: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    # Messages of wrapped errors may already say "error: ..." (a child's last line).
+    msg = msg.removeprefix("error: ")
+    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True, markup=True)
     return typer.Exit(code)
+
+
+INTERRUPTED = 130  # the shell's code for a command stopped by SIGINT
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from fedma.aggregate.run import AggregationError
     from fedma.data.manifest import DataError
     from fedma.local.runner import RoundFailed
+    from fedma.local.starter import StarterError
     from fedma.model.fingerprint import FingerprintMismatch
     from fedma.store import ArtifactError
 
     return (SpecError, DataError, ArtifactError, FingerprintMismatch, AggregationError,
-            RoundFailed, FileNotFoundError, ValueError, FloatingPointError)
+            RoundFailed, StarterError, FileNotFoundError, ValueError, FloatingPointError)
 
 
 def _load_kind(path: Path, kind: type) -> FederatedTraining | FederatedRound:
@@ -78,31 +107,124 @@ def _offline() -> None:
 @app.command()
 def validate(
     manifest: Annotated[Path, typer.Argument(help="FederatedTraining/Round YAML")],
+    data: Annotated[bool, typer.Option(
+        help="also read every local silo's data and decode every image")] = True,
 ) -> None:
-    """Check a manifest against the API types; print the field paths at fault."""
+    """Check a manifest against the API types (naming the field paths at fault) and the data
+    of every silo on this machine (naming file:line of every bad record)."""
+    from fedma.data.check import check_data
+
     try:
         obj = load(manifest)
     except SpecError as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"{manifest}: valid {obj.kind} {obj.metadata.name!r}")
+    if not data:
+        return
+    checks = check_data(obj)
+    for c in checks:
+        typer.echo(f"  {c.line()}")
+    bad = [e for c in checks for e in c.errors]
+    if bad:
+        from fedma.data.manifest import data_error
+
+        raise _fail(str(data_error(bad)))
+
+
+def _interrupted(exc: BaseException) -> typer.Exit:
+    err.print(str(exc) if str(exc) else "interrupted", highlight=False, soft_wrap=True)
+    return typer.Exit(INTERRUPTED)
 
 
 @app.command()
 def run(manifest: Annotated[Path, typer.Argument(help="FederatedTraining YAML")],
-        out: Annotated[Path | None, typer.Option(help="report/log folder")] = None,
+        out: Annotated[Path | None, typer.Option(
+            help="report/log folder (default: <manifest folder>/<name>-run)")] = None,
         parallel: Annotated[int, typer.Option(help="silos trained at once (0 = cores)")] = 0,
         ) -> None:
     """Run a FederatedTraining locally; re-running resumes after the last completed round."""
+    from fedma.data.check import require_data
+
+    try:
+        # The spec and the data first: a mistake is reported in a second, before torch loads.
+        training = _load_kind(manifest, FederatedTraining)
+        require_data(training)
+    except _cheap_errors() as exc:
+        raise _fail(str(exc)) from None
     _offline()
     try:
-        training = _load_kind(manifest, FederatedTraining)
-        from fedma.local.runner import LocalRunner
+        from fedma.local.runner import Interrupted, LocalRunner
 
         workdir = out or manifest.parent / f"{training.metadata.name}-run"
         report = LocalRunner(training, workdir, parallel=parallel).run()  # type: ignore[arg-type]
+    except KeyboardInterrupt:  # before the first round started (in a round: Interrupted)
+        raise _interrupted(Exception(
+            "interrupted before a round started; nothing was lost: run the same command "
+            "to start")) from None
+    except Interrupted as exc:
+        raise _interrupted(exc) from None
     except _expected_errors() as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"report: {workdir / 'report.json'} ({len(report['rounds'])} rows)")
+
+
+def _cheap_errors() -> tuple[type[BaseException], ...]:
+    from fedma.data.manifest import DataError
+
+    return (SpecError, DataError)
+
+
+@app.command()
+def init(
+    silos: Annotated[Path, typer.Argument(
+        help="folder with one sub-folder per silo, each holding a data.jsonl")],
+    out: Annotated[Path | None, typer.Option(
+        help="manifest to write (default: <name>.yaml in the current folder)")] = None,
+    name: Annotated[str | None, typer.Option(
+        help="the training's name (default: the silos folder's name)")] = None,
+    rounds: Annotated[int, typer.Option(min=1, max=10_000)] = 5,
+    evaluation: Annotated[Path | None, typer.Option(
+        "--eval", help="held-out data.jsonl, scored every round")] = None,
+    store: Annotated[Path | None, typer.Option(
+        help="local store folder (default: <name>-store beside the manifest)")] = None,
+    force: Annotated[bool, typer.Option(help="overwrite an existing manifest")] = False,
+) -> None:
+    """Write a starter FederatedTraining for your own silos, on the bundled backbones."""
+    import re
+
+    from fedma.data.check import check_one
+    from fedma.data.manifest import data_error
+    from fedma.local.starter import StarterError, find_silos, starter_manifest
+
+    try:
+        found = find_silos(silos)
+        name = name or re.sub(r"[^a-z0-9-]+", "-", silos.resolve().name.lower()).strip("-")
+        name = name[:63].strip("-") or "training"
+        path = out or Path(f"{name}.yaml")
+        if path.exists() and not force:
+            raise StarterError(f"{path}: exists (give --force to overwrite, or --out FILE)")
+        checks = [check_one(f"silo {n}", p) for n, p in found.items()]
+        if evaluation is not None:
+            checks.append(check_one("evaluation", evaluation))
+        for c in checks:
+            err.print(f"  {c.line()}", highlight=False)
+        bad = [e for c in checks for e in c.errors] + [
+            f"{c.path}: not found" for c in checks if c.missing]
+        if bad:
+            raise data_error(bad)
+    except (*_cheap_errors(), StarterError) as exc:
+        raise _fail(str(exc)) from None
+    _offline()
+    from fedma.model.bundled import efficientnet_lite0, smollm2_135m
+
+    with err.status("preparing the bundled backbones (the first time converts them, ~1 min)"):
+        vision, lm = efficientnet_lite0(), smollm2_135m()
+    where = (store or path.parent / f"{name}-store")
+    text = starter_manifest(name, found, vision, lm, where, rounds, evaluation)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    load(path)  # what was written is what validate and run accept
+    typer.echo(f"wrote {path}: {len(found)} silos, {rounds} rounds; next: fedma run {path}")
 
 
 @app.command()
@@ -119,7 +241,7 @@ def demo(out: Annotated[Path, typer.Option(help="where data, store and report go
     _offline()
     try:
         from fedma.local.demo import prepare_demo
-        from fedma.local.runner import LocalRunner
+        from fedma.local.runner import Interrupted, LocalRunner
 
         with err.status("preparing demo data and the bundled backbones (first run converts them)"):
             manifest = prepare_demo(out, n_silos=silos, alpha=alpha, rounds=rounds,
@@ -127,6 +249,10 @@ def demo(out: Annotated[Path, typer.Option(help="where data, store and report go
         training = _load_kind(manifest, FederatedTraining)
         err.print(f"manifest: {manifest}")
         report = LocalRunner(training, out, parallel=parallel).run()  # type: ignore[arg-type]
+    except KeyboardInterrupt:
+        raise _interrupted(Exception("interrupted; run the same command to go on")) from None
+    except Interrupted as exc:
+        raise _interrupted(exc) from None
     except _expected_errors() as exc:
         raise _fail(str(exc)) from None
     first, last = report["rounds"][0], report["rounds"][-1]
@@ -157,8 +283,13 @@ def train_silo(
         summary = _train(rnd, silo, termination_log=termination_log, engine=engine,  # type: ignore[arg-type]
                          progress=True)
     except _expected_errors() as exc:
-        write_termination(termination_log, {"silo": silo, "status": "Failed",
-                                            "reason": f"{type(exc).__name__}: {exc}"[:2000]})
+        from fedma.data.manifest import DataError
+
+        failed: dict[str, object] = {"silo": silo, "status": "Failed",
+                                     "reason": f"{type(exc).__name__}: {exc}"[:2000]}
+        if isinstance(exc, DataError):
+            failed["retry"] = False  # the same data fails the same way: fedma.rounds
+        write_termination(termination_log, failed)
         raise _fail(str(exc)) from None
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(json.dumps(summary, sort_keys=True))
@@ -207,11 +338,9 @@ def aggregate(
 
 
 def main() -> None:
-    try:
-        app()
-    except KeyboardInterrupt:
-        err.print("interrupted; completed rounds are kept, run the same command to resume")
-        sys.exit(130)
+    # Ctrl-C is answered by each long command (what was kept, how to go on); click turns one
+    # that arrives anywhere else into "Aborted!" and exit status 1.
+    app()
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ decision from the same observation (no hidden in-memory progress), and the local
 the operator cannot drift apart in how they treat stragglers, retries and quorum.
 
 Semantics:
-- every silo gets one training attempt, plus up to ``backoff_limit`` retries after a failure;
+- every silo gets one training attempt, plus up to ``backoff_limit`` retries after a failure,
+  except a failure its attempt reported as permanent (its data is malformed: another attempt
+  on the same data fails the same way, and each costs a reload of the backbones);
 - the round waits for all silos until ``deadline_s`` after it started; at the deadline, silos
   still running are excluded as stragglers. A silo whose Jobs wait in a queue (Kueue) has a
   clock of its own: ``deadline_s`` to be admitted, then ``deadline_s`` from admission, so time
@@ -69,6 +71,9 @@ class SiloObservation:
 
     ``clock_s`` is the silo's own clock for an active attempt in a queue: seconds waiting for
     admission while ``queued``, else seconds since admission. None: the round's clock.
+
+    ``permanent``: the failed attempt said a retry cannot succeed (``"retry": false`` in its
+    summary: bad data).
     """
 
     attempts: int = 0
@@ -77,6 +82,7 @@ class SiloObservation:
     rejected: str = ""
     queued: bool = False
     clock_s: float | None = None
+    permanent: bool = False
 
     def past(self, policy: Policy, elapsed_s: float) -> bool:
         """Whether this silo is past its deadline."""
@@ -135,6 +141,8 @@ def _silo(policy: Policy, name: str, obs: SiloObservation, past_deadline: bool,
         reason = failure if job == JobState.FAILED else "missed the round's deadline"
         return SiloPhase.EXCLUDED, reason, None
     if job == JobState.FAILED:
+        if obs.permanent:
+            return SiloPhase.EXCLUDED, f"{failure} (not retried: fix the data)", None
         if obs.attempts > policy.backoff_limit:
             return (SiloPhase.EXCLUDED,
                     f"{failure} (attempt {obs.attempts} of {policy.backoff_limit + 1})", None)

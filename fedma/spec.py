@@ -549,7 +549,10 @@ def _errors(exc: ValidationError) -> list[tuple[str, str]]:
     for e in exc.errors():
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown field (check its spelling against the API reference)"
+            key = str(e["loc"][-1]) if e["loc"] else ""
+            msg = (f"unknown field; the API spells it {to_camel(key)!r} (camelCase, as in the "
+                   "cluster)" if "_" in key else
+                   "unknown field (check its spelling against the API reference)")
         errs.append((_format_loc(e["loc"]), msg))
     return errs
 
@@ -572,7 +575,9 @@ def parse(obj: Any, source: str = "manifest") -> FederatedTraining | FederatedRo
     if kind not in _KINDS:
         raise SpecError(source, [("kind", f"must be one of {sorted(_KINDS)}, got {kind!r}")])
     try:
-        return _KINDS[kind].model_validate(obj)
+        # Aliases only: a manifest is read exactly as the cluster's schema reads it
+        # (``batchSize``, never ``batch_size``), so one file cannot mean two things.
+        return _KINDS[kind].model_validate(obj, by_alias=True, by_name=False)
     except ValidationError as exc:
         raise SpecError(source, _errors(exc)) from None
 

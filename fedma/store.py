@@ -51,6 +51,27 @@ class StoreUnavailable(ArtifactError):
     """The store could not be reached after retrying."""
 
 
+class StoreRefused(ArtifactError):
+    """The store answered but refused: no credentials, or credentials without the right.
+    Retrying cannot help, so it is raised at once."""
+
+
+# Where credentials come from, said wherever the store refuses them.
+CREDENTIALS_HINT = (
+    "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for a store "
+    "other than AWS S3) in this command's environment; spec.artifacts.credentialsSecret names "
+    "the Kubernetes Secret the operator gives its Jobs and is not read by a local run")
+
+
+def _refused_errors() -> tuple[type[BaseException], ...]:
+    errors: tuple[type[BaseException], ...] = (PermissionError,)
+    try:
+        from botocore.exceptions import NoCredentialsError, PartialCredentialsError
+    except ImportError:
+        return errors
+    return (*errors, NoCredentialsError, PartialCredentialsError)
+
+
 @dataclass(frozen=True)
 class ArtifactRef:
     uri: str
@@ -135,23 +156,32 @@ class Store:
                 return fn()
             except (FileNotFoundError, ArtifactError):
                 raise
+            except _refused_errors() as exc:
+                kind = ("no credentials for the store" if not isinstance(exc, PermissionError)
+                        else "the store refused access")
+                raise StoreRefused(f"{what}: {kind} ({exc}): {CREDENTIALS_HINT}") from None
             except _transient_errors() as exc:
                 waited = time.monotonic() - start
                 if waited + delay > self.retry_s:
                     raise StoreUnavailable(
                         f"{what}: store unreachable after {attempt} attempts over "
                         f"{waited:.1f} s (retry budget {self.retry_s:g} s, "
-                        f"$FEDMA_STORE_RETRY_S): {exc}") from exc
+                        f"$FEDMA_STORE_RETRY_S): {exc}; check that the store is up and "
+                        "its address (spec.artifacts.uri; AWS_ENDPOINT_URL for S3)") from exc
                 time.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
 
     # -- bytes ------------------------------------------------------------------------------
     def put_bytes(self, rel: str, data: bytes) -> ArtifactRef:
         path = self._path(rel)
-        if self.scheme == "file":
-            self._retry(path, lambda: _atomic_local_write(path, data))
-        else:
-            self._retry(path, lambda: self.fs.pipe_file(path, data))
+        try:
+            if self.scheme == "file":
+                self._retry(path, lambda: _atomic_local_write(path, data))
+            else:
+                self._retry(path, lambda: self.fs.pipe_file(path, data))
+        except FileNotFoundError as exc:  # S3: the bucket does not exist
+            raise ArtifactError(f"{self.uri(rel)}: cannot write ({exc}): check the bucket "
+                                "in spec.artifacts.uri") from None
         return ArtifactRef(self.uri(rel), sha256(data))
 
     def get_bytes(self, rel: str, digest: str | None = None) -> bytes:

@@ -23,7 +23,7 @@ LIMIT = 4096  # bytes Kubernetes keeps of a termination message
 # What the operator acts on; anything else (reports, partition details) is left out first.
 ESSENTIAL = ("silo", "round", "status", "reason", "update", "output", "server_state",
              "samples", "steps", "loss", "rejected", "notes", "privacy", "robust", "reused",
-             "seconds")
+             "seconds", "retry")
 REASON_MIN = 40  # a reason is never shortened below this many characters
 
 

@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedma.console import make_console
 from fedma.rounds import JobState, Observation, Policy, RoundPhase, SiloObservation, decide
 from fedma.spec import FederatedTraining, ProjectorRef, dump, round_spec
 from fedma.store import Store, global_rel
@@ -32,6 +33,10 @@ from fedma.store import Store, global_rel
 
 class RoundFailed(RuntimeError):
     pass
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a run; the message says what is kept and how to go on."""
 
 
 @dataclass
@@ -62,7 +67,7 @@ class LocalRunner:
         self.training = training
         self.spec = training.spec
         self.workdir = Path(workdir)
-        self.console = console or Console()
+        self.console = console or make_console()
         self.store = Store(self.spec.artifacts.uri)
         cpus = os.cpu_count() or 1
         self.parallel = parallel or max(1, min(len(self.spec.silos), cpus))
@@ -170,7 +175,13 @@ class LocalRunner:
         for r in range(start, self.spec.rounds + 1):
             t0 = time.perf_counter()
             rnd = round_spec(self.training, r, current, state)
-            result = self.run_round(rnd)
+            try:
+                result = self.run_round(rnd)
+            except KeyboardInterrupt:
+                kept = f"rounds 1–{r - 1} are kept" if r > 1 else "no round had completed"
+                raise Interrupted(
+                    f"interrupted in round {r} of {self.spec.rounds}; {kept} in "
+                    f"{self.store.uri(name)}; run the same command to resume") from None
             current = ProjectorRef(**result["output"])
             state = ProjectorRef(**result["server_state"]) if result.get("server_state") else None
             row = {"round": r, **self._evaluate(self.store.rel(current.uri)),
@@ -203,7 +214,8 @@ class LocalRunner:
         try:
             with Progress(TextColumn("round {task.fields[r]}"), BarColumn(),
                           TextColumn("{task.completed}/{task.total} silos · {task.description}"),
-                          TimeElapsedColumn(), console=self.console, transient=True) as bar:
+                          TimeElapsedColumn(), console=self.console, transient=True,
+                          disable=not self.console.is_terminal) as bar:
                 task = bar.add_task("training", total=len(policy.silos), r=spec.round)
                 while True:
                     self._observe(running, observed, summaries)
@@ -252,7 +264,8 @@ class LocalRunner:
                 observed[silo] = SiloObservation(att.attempt, JobState.SUCCEEDED)
             else:
                 reason = summary.get("reason") or _tail(att.log_path) or f"exit code {rc}"
-                observed[silo] = SiloObservation(att.attempt, JobState.FAILED, reason)
+                observed[silo] = SiloObservation(att.attempt, JobState.FAILED, reason,
+                                                 permanent=summary.get("retry") is False)
 
     def _launch_silo(self, round_file: Path, rdir: Path, silo: str, attempt: int,
                      env: dict[str, str]) -> _Attempt:

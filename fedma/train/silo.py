@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from fedma.data.manifest import data_error, decode_errors
 from fedma.encoding import encode
 from fedma.model.llava import load_alignment_model
 from fedma.model.projector import load_projector_state, projector_state
@@ -62,6 +63,19 @@ def seeded_initial(store: Store, rnd: FederatedRound, model_projector: torch.nn.
     return store.get_tensors(rel, digest), digest
 
 
+def _intact(store: Store, rel: str) -> bool:
+    """Whether a committed update still matches its manifest's sha256. One that does not
+    (corrupted or tampered with since) is trained again and overwritten, rather than reported
+    and then rejected by the aggregator, which would exclude an honest silo."""
+    try:
+        store.get_bytes(rel, store.get_manifest(rel)["sha256"])
+    except (ArtifactError, KeyError) as exc:
+        log.warning("%s: stored update fails its check (%s); training it again",
+                    store.uri(rel), exc)
+        return False
+    return True
+
+
 def train_silo(rnd: FederatedRound, silo_name: str, *, termination_log: str | None = None,
                engine: str | None = None, progress: bool = False) -> dict[str, Any]:
     spec = rnd.spec
@@ -84,7 +98,7 @@ def train_silo(rnd: FederatedRound, silo_name: str, *, termination_log: str | No
     if spec.input is None and store.committed(global_rel(spec.training_name, 0)):
         base = store.get_manifest(global_rel(spec.training_name, 0))["sha256"]
 
-    if rank == 0 and store.committed(out_rel):
+    if rank == 0 and store.committed(out_rel) and _intact(store, out_rel):
         manifest = store.get_manifest(out_rel)
         if manifest.get("base_digest") == base:
             summary = {k: manifest[k] for k in ("samples", "steps", "loss")}
@@ -93,6 +107,16 @@ def train_silo(rnd: FederatedRound, silo_name: str, *, termination_log: str | No
                            reused=True, seconds=round(time.perf_counter() - t0, 3))
             write_termination(termination_log, summary)
             return summary
+
+    # The round's data, every image decoded, before the backbones load: bad data fails in
+    # seconds with every bad line named, not mid-round (and is not retried: fedma.rounds).
+    records = silo_records(silo.data)
+    shard = round_shard(len(records), spec.training.seed, silo.name, spec.round,
+                        spec.total_rounds)
+    chosen = [records[i] for i in shard]
+    bad = decode_errors(chosen, silo.data.path)
+    if bad:
+        raise data_error(bad)
 
     initial, _ = load_input(store, rnd)
     model = load_alignment_model(spec.model, projector_seed=spec.training.seed)
@@ -104,10 +128,6 @@ def train_silo(rnd: FederatedRound, silo_name: str, *, termination_log: str | No
         load_projector_state(model.projector, initial, source=spec.input.uri)  # type: ignore[union-attr]
     if spec.training.proximal_mu > 0:
         model.set_proximal(spec.training.proximal_mu)
-    records = silo_records(silo.data)
-    shard = round_shard(len(records), spec.training.seed, silo.name, spec.round,
-                        spec.total_rounds)
-    chosen = [records[i] for i in shard]
     torch.manual_seed(stable_seed(spec.training.seed, silo.name, spec.round))
 
     last_report = [time.perf_counter()]

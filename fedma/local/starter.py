@@ -86,7 +86,7 @@ spec:
     warmupSteps: 4
   aggregation:
     strategy: fedavg         # or fedavgm, fedadam, fedyogi, fedadagrad, fedprox, fedcmp
-    minSilos: {quorum}            # a round aggregates once this many silos succeeded
+    minSilos: {quorum:<12} # a round aggregates once this many silos succeeded
     deadlineSeconds: 900     # stragglers past this are left out of the round
     backoffLimit: 1          # retries of a failed silo (never for bad data)
   artifacts:

@@ -16,47 +16,67 @@ from fedma_operator.metrics import serve
 from fedma_operator.tenancy import Tenancy
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fedma")
+    except PackageNotFoundError:  # pragma: no cover - run from a source tree
+        return "unknown"
+
+
+def _env(name: str, default: object) -> str:
+    return os.environ.get(name, str(default))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="fedma-operator", description=__doc__)
+    """Every option says what it does and its default; each has an environment variable
+    (the chart sets those), which the command line overrides."""
+    p = argparse.ArgumentParser(prog="fedma-operator", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--version", action="version", version=f"fedma-operator {_version()}")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--namespace", action="append", default=[],
-                       help="watch this namespace (repeatable; default: $FEDMA_NAMESPACE)")
-    where.add_argument("--all-namespaces", action="store_true", help="watch every namespace")
-    p.add_argument("--metrics-port", type=int, default=int(os.environ.get("FEDMA_METRICS_PORT",
-                                                                          9090)))
-    p.add_argument("--health-port", type=int, default=int(os.environ.get("FEDMA_HEALTH_PORT",
-                                                                         8080)))
-    p.add_argument("--trainer-image", default=os.environ.get("FEDMA_TRAINER_IMAGE",
-                                                             JobSettings.trainer_image))
+                       help="watch this namespace (repeatable; if none given: "
+                            "$FEDMA_NAMESPACE)")
+    where.add_argument("--all-namespaces", action="store_true",
+                       help="watch every namespace (needs the chart's cluster-wide RBAC)")
+    p.add_argument("--metrics-port", type=int, default=int(_env("FEDMA_METRICS_PORT", 9090)),
+                   help="port of /metrics (Prometheus; $FEDMA_METRICS_PORT)")
+    p.add_argument("--health-port", type=int, default=int(_env("FEDMA_HEALTH_PORT", 8080)),
+                   help="port of /healthz, the liveness probe ($FEDMA_HEALTH_PORT)")
+    p.add_argument("--trainer-image", default=_env("FEDMA_TRAINER_IMAGE",
+                                                   JobSettings.trainer_image),
+                   help="image of the silo and aggregation Jobs ($FEDMA_TRAINER_IMAGE)")
     p.add_argument("--trainer-service-account",
-                   default=os.environ.get("FEDMA_TRAINER_SERVICE_ACCOUNT",
-                                          JobSettings.service_account))
+                   default=_env("FEDMA_TRAINER_SERVICE_ACCOUNT", JobSettings.service_account),
+                   help="ServiceAccount the Jobs run as ($FEDMA_TRAINER_SERVICE_ACCOUNT)")
     p.add_argument("--trainer-metrics-port", type=int,
-                   default=int(os.environ.get("FEDMA_TRAINER_METRICS_PORT",
-                                              JobSettings.metrics_port)),
-                   help="port of the trainer pods' live metrics (0: off)")
-    p.add_argument("--interval", type=float, default=float(os.environ.get("FEDMA_INTERVAL", 10)),
-                   help="seconds between reconciles of one object")
+                   default=int(_env("FEDMA_TRAINER_METRICS_PORT", JobSettings.metrics_port)),
+                   help="port of the trainer pods' live metrics, 0: off "
+                        "($FEDMA_TRAINER_METRICS_PORT)")
+    p.add_argument("--interval", type=float, default=float(_env("FEDMA_INTERVAL", 10)),
+                   help="seconds between reconciles of one object ($FEDMA_INTERVAL)")
     p.add_argument("--silo-cluster-grace", type=float,
-                   default=float(os.environ.get("FEDMA_SILO_CLUSTER_GRACE", 60)),
+                   default=float(_env("FEDMA_SILO_CLUSTER_GRACE", 60)),
                    help="seconds a silo's own cluster may be unreachable before its attempt "
-                        "counts as failed")
+                        "counts as failed ($FEDMA_SILO_CLUSTER_GRACE)")
     p.add_argument("--api-timeout", type=float,
-                   default=float(os.environ.get("FEDMA_API_TIMEOUT", DEFAULT_TIMEOUT_S)),
+                   default=float(_env("FEDMA_API_TIMEOUT", DEFAULT_TIMEOUT_S)),
                    help="seconds one API call (hub or silo cluster) may take before it counts "
-                        "as unanswered")
+                        "as unanswered ($FEDMA_API_TIMEOUT)")
     p.add_argument("--job-ttl", type=int,
-                   default=int(os.environ.get("FEDMA_JOB_TTL",
-                                              JobSettings.ttl_after_finished_s or 0)),
-                   help="seconds a finished Job is kept (ttlSecondsAfterFinished; 0: kept "
-                        "until its round is deleted)")
+                   default=int(_env("FEDMA_JOB_TTL", JobSettings.ttl_after_finished_s or 0)),
+                   help="seconds a finished Job is kept (ttlSecondsAfterFinished), 0: kept "
+                        "until its round is deleted ($FEDMA_JOB_TTL)")
     p.add_argument("--silo-namespace", action="append", default=[],
                    help="a hub namespace, besides the object's own, where silo Jobs may run "
-                        "(repeatable; default: none)")
+                        "(repeatable)")
     p.add_argument("--allowed-image", action="append", default=[],
                    help="an image a silo may name: a repository, an exact reference, or a "
-                        "prefix ending in / (repeatable; default: any image)")
-    p.add_argument("--verbose", action="store_true")
+                        "prefix ending in / (repeatable; none given: any image)")
+    p.add_argument("--verbose", action="store_true",
+                   help="debug logs, and kopf's per-event handler logs")
     args = p.parse_args(argv)
     if not args.all_namespaces and not args.namespace:
         ns = os.environ.get("FEDMA_NAMESPACE")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import training_manifest, write_yaml
+from tests.faults.conftest import INJECT
 
 pytestmark = pytest.mark.e2e
 CLI = [sys.executable, "-m", "fedma.cli"]
@@ -20,9 +21,9 @@ def env():
     return {**os.environ, "PYTHONPATH": os.getcwd(), "COLUMNS": "200"}
 
 
-def fedma(*args, timeout=600):
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env(),
-                          timeout=timeout)
+def fedma(*args, timeout=600, extra=None):
+    return subprocess.run([*CLI, *args], capture_output=True, text=True,
+                          env={**env(), **(extra or {})}, timeout=timeout)
 
 
 def test_run_trains_and_reports(tmp_path, tiny_models):
@@ -65,26 +66,47 @@ def test_resume_after_interrupt_keeps_completed_rounds(tmp_path, tiny_models):
     assert [r["round"] for r in report["rounds"]] == [0, 1, 2, 3]
 
 
+def _dies(silo: str, times: int, tmp_path: Path) -> dict[str, str]:
+    """The silo's process is SIGKILLed at start ``times`` times (tests/faults/inject)."""
+    return {"PYTHONPATH": os.pathsep.join([str(INJECT), os.getcwd()]),
+            "FEDMA_FAULT": ";".join(f"start:{silo}:{tmp_path / f'died-{i}'}"
+                                    for i in range(times))}
+
+
 def test_dead_silo_is_excluded_with_reason_and_quorum_carries_the_round(tmp_path, tiny_models):
     obj = training_manifest(tmp_path, tiny_models, silos=3, rounds=1)
     obj["spec"]["aggregation"].update(minSilos=2, backoffLimit=1)
-    obj["spec"]["silos"][2]["data"]["path"] = str(tmp_path / "missing" / "data.jsonl")
     manifest = write_yaml(tmp_path / "t.yaml", obj)
-    proc = fedma("run", str(manifest), "--out", str(tmp_path / "out"))
+    proc = fedma("run", str(manifest), "--out", str(tmp_path / "out"),
+                 extra=_dies("silo-3", 2, tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = json.loads((tmp_path / "out" / "report.json").read_text())["rounds"][1]
     assert row["silos"] == 2
-    assert "data manifest not found" in row["excluded"]["silo-3"]
+    assert "exit code -9" in row["excluded"]["silo-3"]
     assert "(attempt 2 of 2)" in row["excluded"]["silo-3"]
 
 
 def test_quorum_impossible_fails_with_reason(tmp_path, tiny_models):
     obj = training_manifest(tmp_path, tiny_models, silos=2, rounds=1)
     obj["spec"]["aggregation"]["backoffLimit"] = 0
-    obj["spec"]["silos"][1]["data"]["path"] = str(tmp_path / "missing.jsonl")
-    proc = fedma("run", str(write_yaml(tmp_path / "t.yaml", obj)), "--out", str(tmp_path / "o"))
+    proc = fedma("run", str(write_yaml(tmp_path / "t.yaml", obj)), "--out", str(tmp_path / "o"),
+                 extra=_dies("silo-2", 1, tmp_path))
     assert proc.returncode == 2
     assert "quorum impossible" in proc.stderr and "silo-2" in proc.stderr
+
+
+def test_missing_data_is_refused_before_anything_runs(tmp_path, tiny_models):
+    """Every silo's data is checked before a model loads: a missing manifest is named at
+    once, with the other silos' problems, and nothing is trained or written to the store."""
+    obj = training_manifest(tmp_path, tiny_models, silos=3, rounds=1)
+    obj["spec"]["silos"][1]["data"]["path"] = str(tmp_path / "missing.jsonl")
+    (tmp_path / "data" / "silo-3" / "images" / "0005.png").write_bytes(b"not a png")
+    proc = fedma("run", str(write_yaml(tmp_path / "t.yaml", obj)), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2
+    assert f"{tmp_path / 'missing.jsonl'}: data manifest of silo silo-2 not found" in proc.stderr
+    assert f"{tmp_path / 'data/silo-3/data.jsonl'}:6: image" in proc.stderr
+    assert "unreadable" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "store").exists() and not (tmp_path / "o").exists()
 
 
 def test_bad_yaml_field_is_a_clear_error(tmp_path, tiny_models):

@@ -146,6 +146,30 @@ async def test_failed_silo_is_retried_then_excluded_and_round_goes_on(k8s, opera
 
 
 @pytest.mark.faults
+async def test_a_silo_whose_data_is_bad_is_not_retried(k8s, operator):
+    """The trainer says ``"retry": false`` for a DataError (the same data fails the same
+    way, and every attempt reloads the backbones): excluded after one attempt."""
+    api, ctl = Api(k8s), JobController(Api(k8s))
+    await api.create(rounds_path(), round_body(minSilos=2, backoffLimit=2))
+    await wait_for(lambda: _n_jobs(ctl, 3, role="silo"), what="3 silo Jobs")
+    for j in await ctl.jobs(role="silo"):
+        silo = j["metadata"]["labels"]["fedma.io/silo"]
+        if silo == "silo-3":
+            await ctl.finish(j, False, {"silo": silo, "status": "Failed", "retry": False,
+                                        "reason": "DataError: /data/x.jsonl:7: image x.jpg "
+                                                  "is unreadable"})
+        else:
+            await ctl.finish(j, True, silo_summary(silo, 1))
+    agg = await wait_for(lambda: _n_jobs(ctl, 1, role="aggregate"), what="aggregation Job")
+    st = (await get_round(api))["status"]["silos"]["silo-3"]
+    assert st["phase"] == "Excluded" and st["attempts"] == 1, st
+    assert st["reason"].endswith("is unreadable (not retried: fix the data)"), st
+    assert len(await ctl.jobs(role="silo", silo="silo-3")) == 1
+    await ctl.finish(agg[0], True, agg_summary())
+    await wait_for(lambda: phase_is(api, "Succeeded"))
+
+
+@pytest.mark.faults
 async def test_quorum_impossible_fails_the_round_with_the_reasons(k8s, operator):
     api, ctl = Api(k8s), JobController(Api(k8s))
     await api.create(rounds_path(), round_body(minSilos=3, backoffLimit=0))

@@ -39,6 +39,20 @@ def test_failure_is_retried_then_excluded_with_reason():
     assert d.aggregate is not None and d.aggregate.included == ("b", "c")
 
 
+def test_a_permanent_failure_is_not_retried():
+    """Bad data fails every attempt the same way (and each reloads the backbones)."""
+    bad = SiloObservation(1, F, "DataError: data.jsonl:7: image x.jpg is unreadable",
+                          permanent=True)
+    d = decide(P, Observation({"a": bad, "b": SiloObservation(1, A), "c": SiloObservation(1, A)}))
+    assert d.launch == () and d.silo_phases["a"] == SiloPhase.EXCLUDED
+    assert d.reasons["a"] == ("DataError: data.jsonl:7: image x.jpg is unreadable (not "
+                              "retried: fix the data)")
+    # The same failure without the flag is retried, within the backoff limit.
+    again = decide(P, Observation({"a": SiloObservation(1, F, "OOMKilled"),
+                                   "b": SiloObservation(1, A), "c": SiloObservation(1, A)}))
+    assert again.launch == (LaunchSilo("a", 2),)
+
+
 def test_rejected_update_counts_as_failed_attempt():
     d = decide(P, obs(a=(2, S, "", "sha256 mismatch"), b=(1, S), c=(1, S)))
     assert d.reasons["a"].startswith("sha256 mismatch")

@@ -51,6 +51,19 @@ def test_unknown_field_names_its_path():
     assert "spec.training.learnignRate: unknown field" in msg
 
 
+def test_snake_case_is_refused_with_the_api_spelling():
+    """A manifest is read as the cluster's schema reads it: ``batch_size`` was accepted
+    locally (pydantic's field name) while the CRD knows only ``batchSize``."""
+    msg = error_for(with_change("spec.training", {"batch_size": 3}))
+    assert "spec.training.batch_size: unknown field; the API spells it 'batchSize'" in msg
+    msg = error_for(with_change("spec.model", {"vision": {"path": "/v"},
+                                                "language_model": {"path": "/l"}}))
+    assert "spec.model.languageModel: Field required" in msg
+    assert "spec.model.language_model: unknown field; the API spells it 'languageModel'" in msg
+    obj = with_change("spec.training", {"batchSize": 3})
+    assert parse(obj).spec.training.batch_size == 3
+
+
 def test_type_and_range_errors_name_the_field_and_rule():
     msg = error_for(with_change("spec.rounds", -1))
     assert "spec.rounds" in msg and "greater than or equal to 1" in msg

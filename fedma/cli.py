@@ -158,10 +158,10 @@ def run(manifest: Annotated[Path, typer.Argument(help="FederatedTraining YAML")]
 
         workdir = out or manifest.parent / f"{training.metadata.name}-run"
         report = LocalRunner(training, workdir, parallel=parallel).run()  # type: ignore[arg-type]
-    except KeyboardInterrupt:  # before the first round started (in a round: Interrupted)
+    except KeyboardInterrupt:  # outside a round (in one, or its evaluation: Interrupted)
         raise _interrupted(Exception(
-            "interrupted before a round started; nothing was lost: run the same command "
-            "to start")) from None
+            "interrupted; every completed round is kept in the store: run the same command "
+            "to resume")) from None
     except Interrupted as exc:
         raise _interrupted(exc) from None
     except _expected_errors() as exc:

@@ -178,14 +178,14 @@ class LocalRunner:
             try:
                 result = self.run_round(rnd)
             except KeyboardInterrupt:
-                kept = ("no round had completed" if r == 1 else "round 1 is kept" if r == 2
-                        else f"rounds 1–{r - 1} are kept")
-                raise Interrupted(
-                    f"interrupted in round {r} of {self.spec.rounds}; {kept} in "
-                    f"{self.store.uri(name)}; run the same command to resume") from None
+                raise self._interrupted() from None
             current = ProjectorRef(**result["output"])
             state = ProjectorRef(**result["server_state"]) if result.get("server_state") else None
-            row = {"round": r, **self._evaluate(self.store.rel(current.uri)),
+            try:
+                scores = self._evaluate(self.store.rel(current.uri))
+            except KeyboardInterrupt:
+                raise self._interrupted() from None
+            row = {"round": r, **scores,
                    "silos": len(result["included"]), "train_loss": result["loss"],
                    "seconds": round(time.perf_counter() - t0, 2), "excluded": result["excluded"],
                    "notes": result.get("notes") or {}}
@@ -197,6 +197,21 @@ class LocalRunner:
             self._save_report(report)
             self._print_row(row)
         return report
+
+    def _interrupted(self) -> Interrupted:
+        """What Ctrl-C leaves: the rounds whose global projector is committed (a round
+        interrupted while it was being evaluated is kept; its row is added on resume)."""
+        done = 0
+        while done < self.spec.rounds and self._completed(done + 1):
+            done += 1
+        kept = ("no round had completed" if done == 0 else "round 1 is kept" if done == 1
+                else f"rounds 1–{done} are kept")
+        where = f"in {self.store.uri(self.training.metadata.name)}"
+        if done == self.spec.rounds:
+            return Interrupted(f"interrupted after the last round; every round is kept {where}; "
+                               "run the same command to finish the report")
+        return Interrupted(f"interrupted in round {done + 1} of {self.spec.rounds}; {kept} "
+                           f"{where}; run the same command to resume")
 
     def run_round(self, rnd) -> dict[str, Any]:
         spec = rnd.spec

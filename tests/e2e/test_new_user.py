@@ -134,6 +134,12 @@ def test_output_off_a_terminal_is_plain_unwrapped_lines(tmp_path, tiny_models):
     assert "\x1b[" not in proc.stdout + proc.stderr  # no colour codes in a file
 
 
+def _interactive() -> None:
+    """As a shell starts a foreground job: SIGINT at its default (a test run in the
+    background of a non-interactive shell inherits it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _read_pty(fd: int, until: float) -> bytes:
     out = b""
     while time.monotonic() < until:
@@ -158,7 +164,8 @@ def test_ctrl_c_on_a_terminal_says_what_is_kept_and_the_same_command_resumes(tmp
     main, sub = pty.openpty()
     proc = subprocess.Popen([*CLI, "run", str(manifest), "--out", str(tmp_path / "o")],
                             stdin=sub, stdout=sub, stderr=sub, env=env(), cwd=ROOT,
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=_interactive)
     os.close(sub)
     out = b""
     deadline = time.monotonic() + 300

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_new_user import _read_pty
+from tests.e2e.test_new_user import _interactive, _read_pty
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,7 +68,8 @@ def test_the_readme_own_data_walkthrough(tmp_path):
     committed = tmp_path / "shapes-store/shapes/round-0001/global.safetensors.manifest.json"
     main, sub = pty.openpty()
     proc = subprocess.Popen(["bash", "-c", activate + steps[-1]], cwd=tmp_path, env=env,
-                            stdin=sub, stdout=sub, stderr=sub, start_new_session=True)
+                            stdin=sub, stdout=sub, stderr=sub, start_new_session=True,
+                            preexec_fn=_interactive)
     os.close(sub)
     out = b""
     deadline = time.monotonic() + 600

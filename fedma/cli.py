@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from fedma import roundref
+from fedma import package_version, roundref
 from fedma.console import make_console
 from fedma.spec import FederatedRound, FederatedTraining, SpecError, load
 
@@ -24,20 +24,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 err = make_console(stderr=True)
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("fedma")
-    except PackageNotFoundError:  # pragma: no cover - run from a source tree
-        from fedma import __version__
-
-        return __version__
-
-
 def _print_version(value: bool) -> None:
     if value:
-        typer.echo(f"fedma {_version()}")
+        typer.echo(f"fedma {package_version()}")
         raise typer.Exit()
 
 
@@ -193,8 +182,7 @@ def init(
     """Write a starter FederatedTraining for your own silos, on the bundled backbones."""
     import re
 
-    from fedma.data.check import check_one
-    from fedma.data.manifest import data_error
+    from fedma.data.check import check_one, require
     from fedma.local.starter import StarterError, find_silos, starter_manifest
 
     try:
@@ -209,10 +197,7 @@ def init(
             checks.append(check_one("evaluation", evaluation))
         for c in checks:
             err.print(f"  {c.line()}", highlight=False)
-        bad = [e for c in checks for e in c.errors] + [
-            f"{c.path}: not found" for c in checks if c.missing]
-        if bad:
-            raise data_error(bad)
+        require(checks)
     except (*_cheap_errors(), StarterError) as exc:
         raise _fail(str(exc)) from None
     _offline()

@@ -63,10 +63,9 @@ def check_data(obj: FederatedTraining | FederatedRound, decode: bool = True) -> 
     return checks
 
 
-def require_data(obj: FederatedTraining | FederatedRound, decode: bool = True) -> list[DataCheck]:
-    """As :func:`check_data`, for a run on this machine: a missing manifest is an error too,
-    and every problem of every silo is raised together as one DataError."""
-    checks = check_data(obj, decode)
+def require(checks: list[DataCheck]) -> list[DataCheck]:
+    """For data that must be on this machine: a missing manifest is an error too, and every
+    problem of every check is raised together as one DataError."""
     problems: list[str] = []
     for c in checks:
         if c.missing:
@@ -75,6 +74,11 @@ def require_data(obj: FederatedTraining | FederatedRound, decode: bool = True) -
     if problems:
         raise data_error(problems)
     return checks
+
+
+def require_data(obj: FederatedTraining | FederatedRound, decode: bool = True) -> list[DataCheck]:
+    """As :func:`check_data`, for a run on this machine (:func:`require`)."""
+    return require(check_data(obj, decode))
 
 
 def require_models(obj: FederatedTraining | FederatedRound) -> None:
@@ -90,5 +94,5 @@ def require_models(obj: FederatedTraining | FederatedRound) -> None:
             "the bundled backbones' paths)" for where, path in missing))
 
 
-__all__ = ["DataCheck", "DataError", "check_data", "check_one", "require_data",
+__all__ = ["DataCheck", "DataError", "check_data", "check_one", "require", "require_data",
            "require_models"]

@@ -172,30 +172,29 @@ class LocalRunner:
             report["retrieval_chance"] = self._evaluator.chance
         self._save_report(report)
 
-        for r in range(start, self.spec.rounds + 1):
-            t0 = time.perf_counter()
-            rnd = round_spec(self.training, r, current, state)
-            try:
+        # Ctrl-C anywhere in a round (training, evaluation, the report) says what the store
+        # holds; a round whose global projector is committed is kept.
+        try:
+            for r in range(start, self.spec.rounds + 1):
+                t0 = time.perf_counter()
+                rnd = round_spec(self.training, r, current, state)
                 result = self.run_round(rnd)
-            except KeyboardInterrupt:
-                raise self._interrupted() from None
-            current = ProjectorRef(**result["output"])
-            state = ProjectorRef(**result["server_state"]) if result.get("server_state") else None
-            try:
-                scores = self._evaluate(self.store.rel(current.uri))
-            except KeyboardInterrupt:
-                raise self._interrupted() from None
-            row = {"round": r, **scores,
-                   "silos": len(result["included"]), "train_loss": result["loss"],
-                   "seconds": round(time.perf_counter() - t0, 2), "excluded": result["excluded"],
-                   "notes": result.get("notes") or {}}
-            if result.get("privacy"):
-                row["epsilon"] = result["privacy"]["epsilon"]
-            rows[r] = row
-            report["rounds"] = [rows[k] for k in sorted(rows)]
-            report["latest"] = current.model_dump()
-            self._save_report(report)
-            self._print_row(row)
+                current = ProjectorRef(**result["output"])
+                server = result.get("server_state")
+                state = ProjectorRef(**server) if server else None
+                row = {"round": r, **self._evaluate(self.store.rel(current.uri)),
+                       "silos": len(result["included"]), "train_loss": result["loss"],
+                       "seconds": round(time.perf_counter() - t0, 2),
+                       "excluded": result["excluded"], "notes": result.get("notes") or {}}
+                if result.get("privacy"):
+                    row["epsilon"] = result["privacy"]["epsilon"]
+                rows[r] = row
+                report["rounds"] = [rows[k] for k in sorted(rows)]
+                report["latest"] = current.model_dump()
+                self._save_report(report)
+                self._print_row(row)
+        except KeyboardInterrupt:
+            raise self._interrupted() from None
         return report
 
     def _interrupted(self) -> Interrupted:

@@ -63,13 +63,13 @@ def seeded_initial(store: Store, rnd: FederatedRound, model_projector: torch.nn.
     return store.get_tensors(rel, digest), digest
 
 
-def _intact(store: Store, rel: str) -> bool:
+def _intact(store: Store, rel: str, digest: str) -> bool:
     """Whether a committed update still matches its manifest's sha256. One that does not
     (corrupted or tampered with since) is trained again and overwritten, rather than reported
     and then rejected by the aggregator, which would exclude an honest silo."""
     try:
-        store.get_bytes(rel, store.get_manifest(rel)["sha256"])
-    except (ArtifactError, KeyError) as exc:
+        store.get_bytes(rel, digest)
+    except ArtifactError as exc:
         log.warning("%s: stored update fails its check (%s); training it again",
                     store.uri(rel), exc)
         return False
@@ -98,9 +98,9 @@ def train_silo(rnd: FederatedRound, silo_name: str, *, termination_log: str | No
     if spec.input is None and store.committed(global_rel(spec.training_name, 0)):
         base = store.get_manifest(global_rel(spec.training_name, 0))["sha256"]
 
-    if rank == 0 and store.committed(out_rel) and _intact(store, out_rel):
+    if rank == 0 and store.committed(out_rel):
         manifest = store.get_manifest(out_rel)
-        if manifest.get("base_digest") == base:
+        if manifest.get("base_digest") == base and _intact(store, out_rel, manifest["sha256"]):
             summary = {k: manifest[k] for k in ("samples", "steps", "loss")}
             summary.update(silo=silo.name, round=spec.round, status="Succeeded",
                            update={"uri": store.uri(out_rel), "digest": manifest["sha256"]},

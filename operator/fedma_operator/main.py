@@ -9,20 +9,12 @@ import os
 
 import kopf
 
+from fedma import package_version
 from fedma_operator.handlers import OperatorConfig, build_registry
 from fedma_operator.jobs import JobSettings
 from fedma_operator.kube import DEFAULT_TIMEOUT_S
 from fedma_operator.metrics import serve
 from fedma_operator.tenancy import Tenancy
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("fedma")
-    except PackageNotFoundError:  # pragma: no cover - run from a source tree
-        return "unknown"
 
 
 def _env(name: str, default: object) -> str:
@@ -34,7 +26,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     (the chart sets those), which the command line overrides."""
     p = argparse.ArgumentParser(prog="fedma-operator", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--version", action="version", version=f"fedma-operator {_version()}")
+    p.add_argument("--version", action="version", version=f"fedma-operator {package_version()}")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--namespace", action="append", default=[],
                        help="watch this namespace (repeatable; if none given: "

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import re
-import select
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +16,7 @@ import pytest
 
 from fedma.spec import dump, parse, round_spec
 from tests.conftest import training_manifest, write_yaml
+from tests.e2e.terminal import ctrl_c_once
 
 pytestmark = pytest.mark.e2e
 CLI = [sys.executable, "-m", "fedma.cli"]
@@ -134,50 +132,16 @@ def test_output_off_a_terminal_is_plain_unwrapped_lines(tmp_path, tiny_models):
     assert "\x1b[" not in proc.stdout + proc.stderr  # no colour codes in a file
 
 
-def _interactive() -> None:
-    """As a shell starts a foreground job: SIGINT at its default (a test run in the
-    background of a non-interactive shell inherits it ignored)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def _read_pty(fd: int, until: float) -> bytes:
-    out = b""
-    while time.monotonic() < until:
-        ready, _, _ = select.select([fd], [], [], 0.2)
-        if ready:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            out += chunk
-    return out
-
-
 @pytest.mark.faults
 def test_ctrl_c_on_a_terminal_says_what_is_kept_and_the_same_command_resumes(tmp_path,
                                                                              tiny_models):
     manifest = write_yaml(tmp_path / "t.yaml",
                           training_manifest(tmp_path, tiny_models, rounds=3, n=30))
     committed = tmp_path / "store/tiny/round-0001/global.safetensors.manifest.json"
-    main, sub = pty.openpty()
-    proc = subprocess.Popen([*CLI, "run", str(manifest), "--out", str(tmp_path / "o")],
-                            stdin=sub, stdout=sub, stderr=sub, env=env(), cwd=ROOT,
-                            start_new_session=True,
-                            preexec_fn=_interactive)
-    os.close(sub)
-    out = b""
-    deadline = time.monotonic() + 300
-    while not committed.exists() and time.monotonic() < deadline and proc.poll() is None:
-        out += _read_pty(main, time.monotonic() + 0.1)
-    assert committed.exists(), out.decode(errors="replace")[-2000:]
-    time.sleep(1.0)  # round 2's silos are running
-    os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C: the whole group
-    out += _read_pty(main, time.monotonic() + 30)
-    rc = proc.wait(timeout=30)
-    os.close(main)
-    text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", out.decode(errors="replace"))
+    # Settle: round 2's silos are running.
+    rc, text = ctrl_c_once([*CLI, "run", str(manifest), "--out", str(tmp_path / "o")],
+                           committed, cwd=ROOT, env=env(), wait_s=300, settle_s=1.0,
+                           exit_s=30)
     flat = " ".join(text.split())
     assert rc == 130, text[-2000:]
     assert (f"interrupted in round 2 of 3; round 1 is kept in file://{tmp_path / 'store'}/tiny;"

@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_new_user import _interactive, _read_pty
+from tests.e2e.terminal import ctrl_c_once
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,22 +63,10 @@ def test_the_readme_own_data_walkthrough(tmp_path):
     # The last line, on a terminal, stopped with Ctrl-C once round 1 is committed.
     activate = ". .venv/bin/activate && "
     committed = tmp_path / "shapes-store/shapes/round-0001/global.safetensors.manifest.json"
-    main, sub = pty.openpty()
-    proc = subprocess.Popen(["bash", "-c", activate + steps[-1]], cwd=tmp_path, env=env,
-                            stdin=sub, stdout=sub, stderr=sub, start_new_session=True,
-                            preexec_fn=_interactive)
-    os.close(sub)
-    out = b""
-    deadline = time.monotonic() + 600
-    while not committed.exists() and time.monotonic() < deadline and proc.poll() is None:
-        out += _read_pty(main, time.monotonic() + 0.2)
-    assert committed.exists(), out.decode(errors="replace")[-3000:]
-    time.sleep(2)
-    os.killpg(proc.pid, signal.SIGINT)
-    out += _read_pty(main, time.monotonic() + 30)
-    assert proc.wait(timeout=60) == 130
-    os.close(main)
-    said = " ".join(re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", out.decode(errors="replace")).split())
+    rc, shown = ctrl_c_once(["bash", "-c", activate + steps[-1]], committed, cwd=tmp_path,
+                            env=env, wait_s=600, settle_s=2, exit_s=60)
+    assert rc == 130
+    said = " ".join(shown.split())
     assert (f"interrupted in round 2 of 3; round 1 is kept in file://{tmp_path}/shapes-store/"
             "shapes; run the same command to resume") in said, said[-2000:]
 

@@ -130,8 +130,13 @@ def run(manifest: Annotated[Path, typer.Argument(help="FederatedTraining YAML")]
         out: Annotated[Path | None, typer.Option(
             help="report/log folder (default: <manifest folder>/<name>-run)")] = None,
         parallel: Annotated[int, typer.Option(help="silos trained at once (0 = cores)")] = 0,
+        recompute: Annotated[int | None, typer.Option(
+            metavar="ROUND", min=0, max=10_000,
+            help="run again from this round on (0: the seeded initial projector), e.g. when "
+                 "a stored global fails its digest; intact silo updates are reused")] = None,
         ) -> None:
-    """Run a FederatedTraining locally; re-running resumes after the last completed round."""
+    """Run a FederatedTraining locally; re-running resumes after the last completed round,
+    and a raised spec.rounds extends a finished training."""
     from fedma.data.check import require_data, require_models
 
     try:
@@ -146,7 +151,8 @@ def run(manifest: Annotated[Path, typer.Argument(help="FederatedTraining YAML")]
         from fedma.local.runner import Interrupted, LocalRunner
 
         workdir = out or manifest.parent / f"{training.metadata.name}-run"
-        report = LocalRunner(training, workdir, parallel=parallel).run()  # type: ignore[arg-type]
+        report = LocalRunner(training, workdir, parallel=parallel,  # type: ignore[arg-type]
+                             recompute=recompute).run()
     except KeyboardInterrupt:  # outside a round (in one, or its evaluation: Interrupted)
         raise _interrupted(Exception(
             "interrupted; every completed round is kept in the store: run the same command "

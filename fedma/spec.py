@@ -483,11 +483,37 @@ class _CommonSpec(_Model):
         return self.aggregation.min_silos or len(self.silos)
 
 
+# A training may start from a projector an earlier one produced, in the same store (its
+# credentials and its digests): ``uri`` must lie below ``artifacts.uri``.
+_INITIAL_IN_STORE = {
+    "rule": "!has(self.initialProjector) || "
+            "self.initialProjector.uri.startsWith(self.artifacts.uri.endsWith('/') ? "
+            "self.artifacts.uri : self.artifacts.uri + '/')",
+    "message": "initialProjector.uri must lie inside artifacts.uri (the training's store)",
+    "fieldPath": ".initialProjector.uri"}
+
+
 class FederatedTrainingSpec(_CommonSpec):
+    model_config = ConfigDict(**_Model.model_config, json_schema_extra={
+        "x-kubernetes-validations": [*_CEL_RULES, _INITIAL_IN_STORE]})
+
+    # Raising it extends the training, also after it finished; every further round trains on
+    # shards of a new pass over the data (FederatedRoundSpec.passRounds).
     rounds: int = Field(ge=1, le=10_000)
     # Pause between rounds: the running round finishes, the next is not created until this is
-    # false again. The one field that may change after the training started.
+    # false again. With ``rounds``, the only field that may change after the training started.
     suspend: bool = False
+    # Round 1 starts from this projector (e.g. an earlier training's global of some round)
+    # instead of a seeded initialisation; its sha256 is checked wherever it is read.
+    initial_projector: ProjectorRef | None = None
+
+    @model_validator(mode="after")
+    def _initial_in_store(self) -> FederatedTrainingSpec:
+        ref = self.initial_projector
+        if ref is not None and not ref.uri.startswith(self.artifacts.uri.rstrip("/") + "/"):
+            raise ValueError(f"initialProjector.uri: {ref.uri} is not inside artifacts.uri "
+                             f"{self.artifacts.uri} (a training reads only its own store)")
+        return self
 
 
 class FederatedRoundSpec(_CommonSpec):
@@ -506,12 +532,20 @@ class FederatedRoundSpec(_CommonSpec):
     # that starts from a seeded initialisation.
     input: ProjectorRef | None = None
     server_state: ProjectorRef | None = None
+    # Rounds per pass over each silo's data: round r trains on shard ((r-1) mod passRounds)
+    # of pass (r-1) div passRounds, each pass a fresh shuffle. The training's rounds when it
+    # started (default totalRounds), so extending a training never re-cuts earlier shards.
+    pass_rounds: int | None = Field(None, ge=1, le=10_000)
 
     @model_validator(mode="after")
     def _round_in_range(self) -> FederatedRoundSpec:
         if self.round > self.total_rounds:
             raise ValueError(f"round: {self.round} exceeds totalRounds {self.total_rounds}")
         return self
+
+    @property
+    def rounds_per_pass(self) -> int:
+        return self.pass_rounds or self.total_rounds
 
 
 class ObjectMeta(BaseModel):
@@ -597,9 +631,16 @@ def load(path: str | Path) -> FederatedTraining | FederatedRound:
 
 
 def round_spec(training: FederatedTraining, round_index: int, input_ref: ProjectorRef | None,
-               server_state: ProjectorRef | None = None) -> FederatedRound:
-    """The FederatedRound a training creates for round ``round_index`` (spec copied)."""
-    base = training.spec.model_dump(by_alias=False, exclude={"rounds", "suspend"})
+               server_state: ProjectorRef | None = None, pass_rounds: int | None = None
+               ) -> FederatedRound:
+    """The FederatedRound a training creates for round ``round_index`` (spec copied).
+
+    Round 1 starts from ``spec.initialProjector`` when given. ``pass_rounds`` is the
+    training's ``rounds`` when it started (None: the same as now)."""
+    base = training.spec.model_dump(by_alias=False,
+                                    exclude={"rounds", "suspend", "initial_projector"})
+    if input_ref is None and round_index == 1:
+        input_ref = training.spec.initial_projector
     spec = FederatedRoundSpec(
         **base,
         training_name=training.metadata.name,
@@ -607,6 +648,7 @@ def round_spec(training: FederatedTraining, round_index: int, input_ref: Project
         total_rounds=training.spec.rounds,
         input=input_ref,
         server_state=server_state,
+        pass_rounds=pass_rounds if pass_rounds not in (None, training.spec.rounds) else None,
     )
     meta = ObjectMeta(
         name=f"{training.metadata.name}-r{round_index:04d}"[:63],

@@ -40,6 +40,7 @@ from fedma.spec import ALLOWED_URI_SCHEMES
 
 T = TypeVar("T")
 MANIFEST_SUFFIX = ".manifest.json"
+DISCARDED_SUFFIX = ".discarded.json"  # a manifest un-committed by Store.discard
 COPY_BLOCK = 8 << 20  # bytes per read when copying an artifact to a local file
 
 
@@ -282,6 +283,17 @@ class Store:
 
     def committed(self, rel: str) -> bool:
         return self.exists(rel + MANIFEST_SUFFIX)
+
+    def discard(self, rel: str) -> bool:
+        """Un-commit ``rel`` so that whoever produces it runs again: its manifest moves to
+        ``<rel>.discarded.json`` (kept for whoever investigates), the bytes stay until
+        they are written anew. Returns whether ``rel`` was committed."""
+        if not self.committed(rel):
+            return False
+        manifest = self._path(rel + MANIFEST_SUFFIX)
+        self.put_bytes(rel + DISCARDED_SUFFIX, self.get_bytes(rel + MANIFEST_SUFFIX))
+        self._retry(manifest, lambda: self.fs.rm_file(manifest))
+        return True
 
 
 def _atomic_local_write(path: str, data: bytes) -> None:

@@ -6,7 +6,10 @@ contract end to end. Decisions (launch, retry, exclude a straggler, aggregate, f
 the shared pure state machine in :mod:`fedma.rounds`, exactly as in the operator.
 
 Progress lives in the store: a round is complete when its global projector's manifest is
-committed. Running the same manifest again resumes after the last completed round.
+committed. Running the same manifest again resumes after the last completed round, after
+checking the projector it resumes from against its digest; raising ``spec.rounds`` extends a
+finished training (the only spec change allowed once it started), and ``recompute`` un-commits
+the rounds from one on so that they run again (their intact silo updates are reused).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from rich.table import Table
 from fedma.console import make_console
 from fedma.rounds import JobState, Observation, Policy, RoundPhase, SiloObservation, decide
 from fedma.spec import FederatedTraining, ProjectorRef, dump, round_spec
-from fedma.store import Store, global_rel
+from fedma.store import ArtifactError, Store, global_rel, server_state_rel
 
 
 class RoundFailed(RuntimeError):
@@ -63,7 +66,8 @@ def _tail(path: Path, n: int = 400) -> str:
 
 class LocalRunner:
     def __init__(self, training: FederatedTraining, workdir: Path, parallel: int = 0,
-                 console: Console | None = None, evaluate: bool = True):
+                 console: Console | None = None, evaluate: bool = True,
+                 recompute: int | None = None):
         self.training = training
         self.spec = training.spec
         self.workdir = Path(workdir)
@@ -74,6 +78,8 @@ class LocalRunner:
         self.threads = self.spec.training.threads or max(1, cpus // self.parallel)
         self.do_evaluate = evaluate and self.spec.evaluation is not None
         self.report_path = self.workdir / "report.json"
+        self.recompute = recompute
+        self.pass_rounds = self.spec.rounds  # the rounds it started with (_check_spec)
         self._model = None
         self._evaluator = None
 
@@ -113,24 +119,65 @@ class LocalRunner:
             plot_curves(report, self.workdir / "curves.png")
 
     # -- rounds -----------------------------------------------------------------------------
-    def _check_spec_unchanged(self) -> None:
-        """Resuming with a different spec would mix runs (other silos, other shards): refuse."""
-        rel = f"{self.training.metadata.name}/training.json"
+    def _check_spec(self) -> None:
+        """Resuming with a different spec would mix runs (other silos, other shards): refuse,
+        except a raised ``spec.rounds``, which extends the training. The spec the training
+        started with, and its rounds then (the rounds of one pass over the data), live in
+        ``<name>/training.json`` in the store."""
+        name = self.training.metadata.name
+        rel = self._training_rel()
         current = dump(self.training)["spec"]
         if not self.store.exists(rel):
-            self.store.put_json(rel, current)
-            return
-        started = self.store.get_json(rel)
-        if started != current:
-            changed = sorted(k for k in set(started) | set(current)
-                             if started.get(k) != current.get(k))
+            return  # not started: recorded once round 1's input has passed its checks
+        saved = self.store.get_json(rel)
+        if "passRounds" not in saved:  # written by a version without extension: the spec
+            saved = {"spec": saved, "passRounds": saved.get("rounds")}
+        started = saved["spec"]
+        self.pass_rounds = int(saved["passRounds"])
+        changed = sorted(k for k in set(started) | set(current)
+                         if k != "rounds" and started.get(k) != current.get(k))
+        if changed:
             raise RoundFailed(
-                f"spec.{', spec.'.join(changed)} changed since training "
-                f"{self.training.metadata.name!r} started in {self.store.uri('')}; a running "
-                "training's spec is immutable: restore it, or use a new metadata.name")
+                f"spec.{', spec.'.join(changed)} changed since training {name!r} started in "
+                f"{self.store.uri('')}; a started training's spec is immutable except "
+                "spec.rounds, which may be raised to extend it: restore the rest, or use a "
+                "new metadata.name (spec.initialProjector can start it from this one's "
+                "projector)")
+        if current["rounds"] < started["rounds"]:
+            raise RoundFailed(
+                f"spec.rounds: {current['rounds']} is below the {started['rounds']} training "
+                f"{name!r} was run with in {self.store.uri('')}; rounds can only be raised "
+                "(to extend it)")
+        if current["rounds"] > started["rounds"]:
+            self.store.put_json(rel, {"spec": current, "passRounds": self.pass_rounds})
+            self.console.print(f"[bold]extending[/] {name}: {started['rounds']} → "
+                               f"{current['rounds']} rounds")
+
+    def _training_rel(self) -> str:
+        return f"{self.training.metadata.name}/training.json"
+
+    def _record_start(self) -> None:
+        if not self.store.exists(self._training_rel()):
+            self.store.put_json(self._training_rel(), {"spec": dump(self.training)["spec"],
+                                                       "passRounds": self.spec.rounds})
+
+    def _round0_rel(self) -> str:
+        """Where the projector round 1 starts from lives: spec.initialProjector, else the
+        seeded initialisation committed as global round 0."""
+        ref = self.spec.initial_projector
+        return self.store.rel(ref.uri) if ref else global_rel(self.training.metadata.name, 0)
 
     def _initial(self) -> ProjectorRef:
-        self._check_spec_unchanged()
+        ref = self.spec.initial_projector
+        if ref is not None:
+            from fedma.model.projector import load_projector_state
+
+            try:
+                state = self.store.get_tensors(self.store.rel(ref.uri), ref.digest)
+                load_projector_state(self._load_model().projector, state, source=ref.uri)
+            except (ArtifactError, ValueError) as exc:
+                raise RoundFailed(f"spec.initialProjector: {exc}") from None
+            return ref
         rel = global_rel(self.training.metadata.name, 0)
         if not self.store.committed(rel):
             from fedma.model.projector import projector_state
@@ -139,6 +186,38 @@ class LocalRunner:
                 "kind": "global-projector", "round": 0, "seed": self.spec.training.seed,
                 "projector": self.spec.model.projector.type})
         return ProjectorRef(uri=self.store.uri(rel), digest=self.store.get_manifest(rel)["sha256"])
+
+    def _discard_from(self, first: int) -> None:
+        """``--recompute``: rounds ``first``… are un-committed (Store.discard), so they run
+        again; their silo updates are reused where they pass their digests and were trained
+        on the same input."""
+        name = self.training.metadata.name
+        if first == 0 and self.spec.initial_projector is not None:
+            raise RoundFailed("recompute 0: this training starts from spec.initialProjector, "
+                              "which it did not compute; recompute from round 1 or later")
+        r = first
+        while r <= self.spec.rounds:
+            self.store.discard(server_state_rel(name, r))
+            if not self.store.discard(global_rel(name, r)):
+                break  # rounds commit in order: none after this one is committed either
+            r += 1
+        self.console.print(f"[bold]recomputing[/] {name} from round {first}")
+
+    def _check_intact(self, r: int, ref: ProjectorRef, what: str) -> None:
+        """The artifact the next round starts from, read back against its digest: a modified
+        or truncated one would fail every silo of that round, each retried."""
+        try:
+            self.store.get_bytes(self.store.rel(ref.uri), ref.digest)
+        except ArtifactError as exc:
+            if r == 0 and self.spec.initial_projector is not None:
+                raise RoundFailed(f"spec.initialProjector: {exc}") from None
+            kept = ("no round is kept" if r <= 1 else "round 1 is kept" if r == 2
+                    else f"rounds 1–{r - 1} are kept")
+            made = "the seeded initial projector" if r == 0 else f"round {r}'s {what}"
+            raise RoundFailed(
+                f"{exc}. It is {made}: recompute it with the same command and "
+                f"--recompute {r} ({kept}; silo updates that pass their digests are "
+                "reused)") from None
 
     def _completed(self, r: int) -> tuple[ProjectorRef, ProjectorRef | None] | None:
         rel = global_rel(self.training.metadata.name, r)
@@ -153,18 +232,26 @@ class LocalRunner:
         name = self.training.metadata.name
         report = self._load_report()
         rows = {row["round"]: row for row in report["rounds"]}
+        self._check_spec()
+        if self.recompute is not None:
+            self._discard_from(self.recompute)
+            rows = {r: row for r, row in rows.items() if r < self.recompute}
         current = self._initial()
         state: ProjectorRef | None = None
         start = 1
         while start <= self.spec.rounds and (done := self._completed(start)):
             current, state = done
             start += 1
+        self._check_intact(start - 1, current, "global projector")
+        if state is not None:
+            self._check_intact(start - 1, state, "server state")
+        self._record_start()
         if start > 1:
             self.console.print(f"[bold]resuming[/] {name}: rounds 1–{start - 1} already complete")
         self._print_header()
         for r in range(0, start):  # completed rounds: evaluate those the report lacks, show all
             if r not in rows:
-                rel = global_rel(name, r)
+                rel = self._round0_rel() if r == 0 else global_rel(name, r)
                 rows[r] = {"round": r, **self._evaluate(rel), "silos": 0, "seconds": 0.0}
             self._print_row(rows[r])
         report["rounds"] = [rows[k] for k in sorted(rows)]
@@ -177,7 +264,7 @@ class LocalRunner:
         try:
             for r in range(start, self.spec.rounds + 1):
                 t0 = time.perf_counter()
-                rnd = round_spec(self.training, r, current, state)
+                rnd = round_spec(self.training, r, current, state, self.pass_rounds)
                 result = self.run_round(rnd)
                 current = ProjectorRef(**result["output"])
                 server = result.get("server_state")

@@ -2,8 +2,10 @@
 
 One-pass collaborative training (the Fed-MA setting): each sample is seen once per run. A
 silo's records are shuffled once with a seed derived from the training seed and the silo name,
-then cut into ``total_rounds`` contiguous shards; round r trains on shard r. The split depends
-only on the spec, so a retried or restarted Job trains on exactly the same samples.
+then cut into ``rounds_per_pass`` contiguous shards; round r trains on shard r. A training
+extended past its first pass (more rounds than it started with) shuffles again for every
+further pass. The split depends only on the spec, so a retried or restarted Job trains on
+exactly the same samples.
 """
 
 from __future__ import annotations
@@ -34,14 +36,19 @@ def silo_records(data: DataSpec) -> list[Record]:
     return records
 
 
-def round_shard(n: int, seed: int, silo: str, round_index: int, total_rounds: int) -> list[int]:
-    if n < total_rounds:
+def round_shard(n: int, seed: int, silo: str, round_index: int, rounds_per_pass: int
+                ) -> list[int]:
+    if n < rounds_per_pass:
         raise DataError(
-            f"silo {silo!r} holds {n} samples, fewer than the {total_rounds} rounds that each "
-            "need a fresh shard"
+            f"silo {silo!r} holds {n} samples, fewer than the {rounds_per_pass} rounds that "
+            "each need a fresh shard"
         )
-    perm = np.random.default_rng(stable_seed(seed, silo)).permutation(n)
-    return [int(i) for i in np.array_split(perm, total_rounds)[round_index - 1]]
+    passed, index = divmod(round_index - 1, rounds_per_pass)
+    # The first pass keeps the seed it always had: extending a training changes no shard
+    # an earlier round trained on.
+    key = stable_seed(seed, silo) if passed == 0 else stable_seed(seed, silo, "pass", passed)
+    perm = np.random.default_rng(key).permutation(n)
+    return [int(i) for i in np.array_split(perm, rounds_per_pass)[index]]
 
 
 def batches(records: Sequence[Record], vision: VisionEncoder, batch_size: int,

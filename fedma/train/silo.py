@@ -112,7 +112,7 @@ def train_silo(rnd: FederatedRound, silo_name: str, *, termination_log: str | No
     # seconds with every bad line named, not mid-round (and is not retried: fedma.rounds).
     records = silo_records(silo.data)
     shard = round_shard(len(records), spec.training.seed, silo.name, spec.round,
-                        spec.total_rounds)
+                        spec.rounds_per_pass)
     chosen = [records[i] for i in shard]
     bad = decode_errors(chosen, silo.data.path)
     if bad:

@@ -143,3 +143,30 @@ def test_fedprox_strategy_needs_a_proximal_term():
     ok = with_change("spec.aggregation", {"strategy": "fedprox"})
     ok["spec"]["training"] = {"proximalMu": 0.01}
     assert parse(ok).spec.aggregation.strategy == "fedprox"
+
+
+DIGEST = "ab" * 32
+
+
+def test_initial_projector_is_round_one_input_and_must_live_in_the_store():
+    ref = {"uri": "s3://bucket/fedma/earlier/round-0004/global.safetensors", "digest": DIGEST}
+    t = parse(with_change("spec.initialProjector", ref))
+    r1 = round_spec(t, 1, None)
+    assert r1.spec.input is not None and r1.spec.input.uri == ref["uri"]
+    assert "initialProjector" not in dump(r1)["spec"]  # the round carries it as its input
+    assert round_spec(t, 2, None).spec.input is None  # later rounds start from their input
+    outside = {**ref, "uri": "s3://other-bucket/earlier/global.safetensors"}
+    assert "initialProjector.uri: s3://other-bucket/earlier/global.safetensors is not inside " \
+           "artifacts.uri s3://bucket/fedma" in error_for(with_change("spec.initialProjector",
+                                                                     outside))
+    # A sibling prefix that merely starts with the same characters is outside too.
+    sibling = {**ref, "uri": "s3://bucket/fedma-old/global.safetensors"}
+    assert "is not inside" in error_for(with_change("spec.initialProjector", sibling))
+
+
+def test_pass_rounds_is_carried_only_when_a_training_was_extended():
+    t = parse(with_change("spec.rounds", 5))
+    assert "passRounds" not in dump(round_spec(t, 4, None, pass_rounds=5))["spec"]
+    r = round_spec(t, 4, None, pass_rounds=3)
+    assert r.spec.pass_rounds == 3 and r.spec.rounds_per_pass == 3
+    assert round_spec(t, 2, None).spec.rounds_per_pass == 5

@@ -141,3 +141,13 @@ def test_other_ranks_wait_for_rank_zero_to_commit_the_seeded_projector(tmp_path,
     other = round_spec(parse({**training_manifest(tmp_path / "b", tiny_models)}), 1, None)
     with pytest.raises(ArtifactError, match="rank 0 did not commit"):
         silo_mod.seeded_initial(Store(other.spec.artifacts.uri), other, proj, 1)
+
+
+def test_an_extended_training_keeps_its_first_pass_and_reshuffles_for_the_next():
+    first = [round_shard(50, 7, "a", r, 5) for r in range(1, 6)]
+    # Rounds 6-10 of a training started with 5: a second pass, every sample once more,
+    # in another order; rounds 1-5 are cut exactly as before the extension.
+    second = [round_shard(50, 7, "a", r, 5) for r in range(6, 11)]
+    assert sorted(i for s in second for i in s) == list(range(50))
+    assert second != first
+    assert [round_shard(50, 7, "a", r, 5) for r in range(1, 6)] == first

@@ -148,6 +148,8 @@ _TRAINING_STATUS = _status(
     phase=_f("string", "Running, Suspended (spec.suspend, between rounds), Succeeded or Failed"),
     currentRound=_f("integer", "the round now running (or the last one)"),
     completedRounds=_f("integer", "rounds succeeded"),
+    passRounds=_f("integer", "rounds per pass over the silos' data: spec.rounds when the "
+                             "training started (raising spec.rounds adds further passes)"),
     latest=_REF,
     history=_f("array", f"the newest {HISTORY_ROUNDS} completed rounds: round, name, phase, "
                "loss, output, silosIncluded, silosExcluded, excluded (the first "

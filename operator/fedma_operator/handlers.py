@@ -189,7 +189,10 @@ def build_registry(cfg: OperatorConfig, api_factory: ApiFactory = default_api,
                           outcome.recheck_s or cfg.interval_s)
                 if outcome.done:
                     finished(raw)
-                    return
+                    if not outcome.dormant:
+                        return
+                    await _sleep(woken, stopped, None)  # until an edit (``edited``) wakes it
+                    continue
                 await _sleep(woken, stopped, outcome.recheck_s or cfg.interval_s, since=t0,
                              gap=max(MIN_GAP_S, outcome.gap_s))
         finally:
@@ -271,9 +274,10 @@ COALESCE_S = 0.05  # after a wake-up, let the rest of a burst of Job events arri
 MIN_GAP_S = 0.5
 
 
-async def _sleep(woken: asyncio.Event, stopped: Any, seconds: float,
+async def _sleep(woken: asyncio.Event, stopped: Any, seconds: float | None,
                  since: float | None = None, gap: float = MIN_GAP_S) -> None:
-    """Until woken, stopped (kopf's flag) or ``seconds`` pass, whichever is first. A wake-up
+    """Until woken, stopped (kopf's flag) or ``seconds`` pass (None: never), whichever is
+    first. A wake-up
     waits a little more so that Jobs finishing together cost one reconcile, not one each,
     and no sooner than ``gap`` after the reconcile that began at ``since``
     (``time.perf_counter()``)."""

@@ -27,6 +27,9 @@ class Outcome:
     # Woken again and again (Jobs finishing one after another), reconcile no more often than
     # this: a round's reconcile costs in proportion to its silos (reconcile.py).
     gap_s: float = 0.0
+    # Done, but an edit can bring it back (a Succeeded training whose spec.rounds is raised):
+    # its loop sleeps until woken instead of ending.
+    dormant: bool = False
 
 
 def now_iso(now: datetime) -> str:
@@ -77,8 +80,10 @@ def merge_conditions(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> li
     return list(by_type.values())
 
 
-# spec.suspend (FederatedTraining) pauses and resumes; every other field is fixed at start.
+# spec.suspend (FederatedTraining) pauses and resumes; every other field is fixed at start,
+# except the GROWS ones, which may be raised (spec.rounds: extending a training).
 MUTABLE = ("suspend",)
+GROWS = ("rounds",)
 
 
 def accept_spec(body: dict[str, Any], status: dict[str, Any], generation: int, now: datetime
@@ -91,10 +96,14 @@ def accept_spec(body: dict[str, Any], status: dict[str, Any], generation: int, n
     the spec clears the condition. Returns (spec, status patch, conditions, events).
     """
     current = body.get("spec") or {}
-    # The fields that may change while the object runs take their current value.
+    # The fields that may change while the object runs take their current value; those
+    # that may grow, their current value when it is not lower.
     accepted = {k: v for k, v in (status.get("acceptedSpec") or current).items()
                 if k not in MUTABLE}
     accepted.update({k: current[k] for k in MUTABLE if k in current})
+    for k in GROWS:
+        if isinstance(current.get(k), int) and current[k] > accepted.get(k, current[k]):
+            accepted[k] = current[k]
     patch: dict[str, Any] = {"acceptedSpec": accepted, "observedGeneration": generation}
     refused_before = any(c.get("type") == "SpecChangeRefused" and c.get("status") == "True"
                          for c in status.get("conditions") or [])

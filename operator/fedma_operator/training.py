@@ -77,8 +77,15 @@ class TrainingReconciler:
         status = dict(body.get("status") or {})
         generation = int(meta.get("generation") or 1)
         namespace = meta.get("namespace") or "default"
-        if status.get("phase") in ("Succeeded", "Failed"):
+        if status.get("phase") == "Failed":
             return Outcome({}, done=True)
+        extending = False
+        if status.get("phase") == "Succeeded":
+            # The one edit that brings a finished training back: raised spec.rounds.
+            wanted = (body.get("spec") or {}).get("rounds")
+            if not isinstance(wanted, int) or wanted <= int(status.get("completedRounds") or 0):
+                return Outcome({}, done=True, dormant=True)
+            extending = True
         spec, patch, conds, events = accept_spec(body, status, generation, now)
         source = f"FederatedTraining {namespace}/{meta.get('name')}"
         try:
@@ -95,6 +102,15 @@ class TrainingReconciler:
             out.status.pop("completionTime", None)
             return out
         total = training.spec.rounds
+        # The rounds of one pass over the data: the training's rounds when it started, so
+        # that extending it never re-cuts the shards earlier rounds trained on.
+        pass_rounds = int(status.get("passRounds") or total)
+        patch["passRounds"] = pass_rounds
+        if extending:
+            patch["completionTime"] = None
+            events.append(("Normal", "TrainingExtended",
+                           f"spec.rounds raised to {total}: rounds "
+                           f"{int(status.get('completedRounds') or 0) + 1}–{total} follow"))
         current = int(status.get("currentRound") or 1)
         history: list[dict[str, Any]] = list(status.get("history") or [])
         completed = int(status.get("completedRounds") or len(history))
@@ -103,7 +119,7 @@ class TrainingReconciler:
         phase, message, done = "Running", "", False
         seen: dict[str, Any] = {}  # the status of the newest round looked at
         while True:
-            rnd = round_spec(training, current, latest, server_state)
+            rnd = round_spec(training, current, latest, server_state, pass_rounds)
             name = rnd.metadata.name
             obj = await self.hub.get_round(namespace, name)
             if obj is None and training.spec.suspend:
@@ -164,9 +180,11 @@ class TrainingReconciler:
                      completedRounds=completed, history=history,
                      latest=latest.model_dump() if latest else None,
                      serverState=server_state.model_dump() if server_state else None)
-        if done:
-            patch["completionTime"] = now_iso(now)
-            conds.append(condition("Succeeded", phase == "Succeeded", phase, message,
+        if done or extending:
+            if done:
+                patch["completionTime"] = now_iso(now)
+            conds.append(condition("Succeeded", phase == "Succeeded",
+                                   "Extended" if extending and not done else phase, message,
                                    generation, now))
         conds += [condition("Running", phase == "Running", phase, message, generation, now),
                   condition("Suspended", phase == "Suspended",
@@ -180,4 +198,5 @@ class TrainingReconciler:
         patch["conditions"] = merge_conditions(status.get("conditions") or [], conds)
         # A running round wakes this loop when it finishes (handlers.py): no need to poll it.
         waiting = phase == "Running" and "not this training's" not in message
-        return Outcome(patch, events, done, WATCHED_RECHECK_S if waiting else None)
+        return Outcome(patch, events, done, WATCHED_RECHECK_S if waiting else None,
+                       dormant=phase == "Succeeded")

@@ -100,6 +100,26 @@ def test_the_cel_rules_refuse_what_the_types_refuse(hub, ns):
     assert out.returncode != 0 and "Duplicate value" in out.stderr, out.stderr
 
 
+def test_an_initial_projector_outside_the_store_is_refused_at_admission(hub, ns):
+    spec = {k: v for k, v in round_body("x")["spec"].items()
+            if k not in ("trainingName", "round", "totalRounds")}
+
+    def training(name: str, uri: str) -> dict:
+        return {"apiVersion": "fedma.io/v1alpha1", "kind": "FederatedTraining",
+                "metadata": {"name": name, "namespace": NS},
+                "spec": {**spec, "rounds": 2,
+                         "initialProjector": {"uri": uri, "digest": "ab" * 32}}}
+
+    for uri in ("s3://elsewhere/runs/t/round-0003/global.safetensors",
+                "s3://fedma/runs-old/t/round-0003/global.safetensors"):
+        out = create(hub, training("outside", uri), "--dry-run=server")
+        assert out.returncode != 0, uri
+        assert "initialProjector.uri must lie inside artifacts.uri" in out.stderr, out.stderr
+    inside = create(hub, training("inside", "s3://fedma/runs/t/round-0003/global.safetensors"),
+                    "--dry-run=server")
+    assert inside.returncode == 0, inside.stderr
+
+
 def test_a_rounds_spec_is_immutable_at_admission(hub, ns):
     body = round_body("fixed", aggregation={"deadlineSeconds": 600, "minSilos": 0})
     assert create(hub, body).returncode == 0

@@ -98,6 +98,49 @@ def test_two_round_federation_runs_on_the_real_control_plane(hub, operator, tmp_
     wait_until(gone, 60, "the garbage collector to delete rounds and Jobs")
 
 
+def test_a_finished_training_is_extended_and_another_starts_from_its_projector(
+        hub, operator, tmp_path, tiny_models):
+    """Raising spec.rounds of a Succeeded training runs the further rounds (a new pass over
+    the data, from the last output); spec.initialProjector starts a new training from it."""
+    manifest = training_manifest(tmp_path, tiny_models, silos=2, rounds=1, n=16)
+    manifest["metadata"].update(name="ext", namespace=NAMESPACE)
+    manifest["spec"].pop("evaluation")
+    apply(hub, manifest)
+    first = finished_training(hub, "ext", operator)["status"]
+    assert first["phase"] == "Succeeded" and first["completedRounds"] == 1, first
+    hub.kubectl("-n", NAMESPACE, "patch", "federatedtraining", "ext", "--type=merge", "-p",
+                '{"spec": {"rounds": 2}}')
+
+    def two_done():
+        obj = get(hub, fedma_path(NAMESPACE, "federatedtrainings", "ext"))
+        st = (obj or {}).get("status") or {}
+        return obj if st.get("phase") == "Succeeded" and st.get("completedRounds") == 2 else None
+
+    st = wait_until(two_done, 300, "the extended training's round 2", operator.tail)["status"]
+    assert st["passRounds"] == 1 and [h["round"] for h in st["history"]] == [1, 2]
+    r2 = get(hub, fedma_path(NAMESPACE, "federatedrounds", "ext-r0002"))
+    assert r2["spec"]["input"] == first["latest"]
+    assert r2["spec"]["passRounds"] == 1 and r2["spec"]["totalRounds"] == 2
+    reasons = [e["reason"] for e in items(hub, f"/api/v1/namespaces/{NAMESPACE}/events")
+               if e["involvedObject"]["name"] == "ext"]
+    assert "TrainingExtended" in reasons, reasons
+
+    nxt = training_manifest(tmp_path, tiny_models, silos=2, rounds=1, n=16)
+    nxt["metadata"].update(name="ext-next", namespace=NAMESPACE)
+    nxt["spec"].pop("evaluation")
+    nxt["spec"]["initialProjector"] = st["latest"]
+    apply(hub, nxt, "--validate=strict")
+    done = finished_training(hub, "ext-next", operator)["status"]
+    assert done["phase"] == "Succeeded", done
+    r1 = get(hub, fedma_path(NAMESPACE, "federatedrounds", "ext-next-r0001"))
+    assert r1["spec"]["input"] == st["latest"]
+    store = Store(manifest["spec"]["artifacts"]["uri"])
+    assert store.get_manifest(global_rel("ext-next", 1))["base_digest"] == st["latest"]["digest"]
+    assert not store.committed(global_rel("ext-next", 0))  # no seeded initialisation
+    for name in ("ext", "ext-next"):
+        hub.kubectl("-n", NAMESPACE, "delete", "federatedtraining", name, "--wait=true")
+
+
 def test_a_silo_in_another_namespace_keeps_its_job(hub, operator, tmp_path, tiny_models):
     """A hub silo Job in another namespace than its round gets no ownerReference: the garbage
     collector would treat the cross-namespace owner as absent and delete the Job."""

@@ -130,11 +130,39 @@ def test_any_other_edit_is_still_refused():
     rec = TrainingReconciler(hub)  # type: ignore[arg-type]
     st = asyncio.run(rec.reconcile(training(True, {}), NOW)).status
     edited = training(False, st, generation=2)
-    edited["spec"]["rounds"] = 5
+    edited["spec"]["rounds"] = 1  # rounds may be raised (an extension), never lowered
+    edited["spec"]["silos"][0]["name"] = "b"
     st2 = asyncio.run(rec.reconcile(edited, NOW)).status
     assert by_type(st2["conditions"])["SpecChangeRefused"]["status"] == "True"
     assert st2["acceptedSpec"]["rounds"] == 2 and st2["acceptedSpec"]["suspend"] is False
-    assert st2["phase"] == "Running"  # the resume is applied, the rounds edit is not
+    assert st2["acceptedSpec"]["silos"][0]["name"] == "a"
+    assert st2["phase"] == "Running"  # the resume is applied, the other edits are not
+
+
+def test_raised_rounds_extend_a_succeeded_training_with_a_new_pass():
+    hub = Hub()
+    rec = TrainingReconciler(hub)  # type: ignore[arg-type]
+    st = asyncio.run(rec.reconcile(training(False, {}), NOW)).status
+    assert st["passRounds"] == 2
+    out = {"uri": "s3://b/fedma/t/round-0002/global.safetensors", "digest": "cd" * 32}
+    finished = {**st, "phase": "Succeeded", "currentRound": 2, "completedRounds": 2,
+                "latest": out, "completionTime": "2026-01-01T00:00:00Z"}
+    hub.rounds["t-r0002"] = {"metadata": {"name": "t-r0002"},
+                             "status": {"phase": "Succeeded", "output": out}}
+    idle = asyncio.run(rec.reconcile(training(False, finished), NOW))
+    assert idle.done and idle.dormant and idle.status == {}  # nothing to do, but wakeable
+    raised = training(False, finished, generation=2)
+    raised["spec"]["rounds"] = 4
+    ext = asyncio.run(rec.reconcile(raised, NOW))
+    assert not ext.done and ext.status["phase"] == "Running"
+    assert ext.status["completionTime"] is None  # merge patch: removed
+    assert ext.status["acceptedSpec"]["rounds"] == 4 and ext.status["passRounds"] == 2
+    c = by_type(ext.status["conditions"])
+    assert c["Succeeded"]["status"] == "False" and c["Succeeded"]["reason"] == "Extended"
+    assert "SpecChangeRefused" not in c
+    assert any(e[1] == "TrainingExtended" for e in ext.events)
+    r3 = hub.rounds["t-r0003"]["spec"]
+    assert r3["input"] == out and r3["totalRounds"] == 4 and r3["passRounds"] == 2
 
 
 def waiting_pod(reason: str, message: str = "m") -> dict[str, Any]:

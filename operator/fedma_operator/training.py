@@ -65,6 +65,20 @@ def history_entry(current: int, name: str, rstatus: dict[str, Any]) -> dict[str,
             "completionTime": rstatus.get("completionTime")}
 
 
+def finished_edit(body: dict[str, Any], status: dict[str, Any], generation: int, now: datetime
+                  ) -> Outcome:
+    """A Succeeded training takes one edit, raised ``spec.rounds``; any other (rounds lowered,
+    a silo renamed) is refused as while it ran, with SpecChangeRefused and an Event, and
+    restoring the spec clears it. Nothing else is written: the loop sleeps until the next edit."""
+    _, _, conds, events = accept_spec(body, status, generation, now)
+    old = status.get("conditions") or []
+    merged = merge_conditions(old, conds)
+    if merged == old and not events:
+        return Outcome({}, done=True, dormant=True)
+    return Outcome({"conditions": merged, "observedGeneration": generation}, events,
+                   done=True, dormant=True)
+
+
 class TrainingReconciler:
     def __init__(self, hub: Hub, tenancy: Tenancy | None = None):
         self.hub = hub
@@ -84,7 +98,7 @@ class TrainingReconciler:
             # The one edit that brings a finished training back: raised spec.rounds.
             wanted = (body.get("spec") or {}).get("rounds")
             if not isinstance(wanted, int) or wanted <= int(status.get("completedRounds") or 0):
-                return Outcome({}, done=True, dormant=True)
+                return finished_edit(body, status, generation, now)
             extending = True
         spec, patch, conds, events = accept_spec(body, status, generation, now)
         source = f"FederatedTraining {namespace}/{meta.get('name')}"

@@ -165,6 +165,29 @@ def test_raised_rounds_extend_a_succeeded_training_with_a_new_pass():
     assert r3["input"] == out and r3["totalRounds"] == 4 and r3["passRounds"] == 2
 
 
+def test_a_finished_training_refuses_lowered_rounds_and_says_so():
+    hub = Hub()
+    rec = TrainingReconciler(hub)  # type: ignore[arg-type]
+    st = asyncio.run(rec.reconcile(training(False, {}), NOW)).status
+    finished = {**st, "phase": "Succeeded", "currentRound": 2, "completedRounds": 2,
+                "completionTime": "2026-01-01T00:00:00Z"}
+    lowered = training(False, finished, generation=2)
+    lowered["spec"]["rounds"] = 1
+    out = asyncio.run(rec.reconcile(lowered, NOW))
+    assert out.done and out.dormant and list(hub.rounds) == ["t-r0001"]
+    c = by_type(out.status["conditions"])
+    assert c["SpecChangeRefused"]["status"] == "True" and c["SpecChangeRefused"][
+        "observedGeneration"] == 2
+    assert [e[1] for e in out.events] == ["SpecChangeRefused"]
+    assert "phase" not in out.status and "completionTime" not in out.status  # still Succeeded
+    # Told once: the same edit seen again writes nothing; restoring the spec clears it.
+    seen = {**finished, "conditions": out.status["conditions"], "observedGeneration": 2}
+    assert asyncio.run(rec.reconcile(training(False, seen, generation=2) | {
+        "spec": lowered["spec"]}, NOW)).status == {}
+    restored = asyncio.run(rec.reconcile(training(False, seen, generation=3), NOW))
+    assert by_type(restored.status["conditions"])["SpecChangeRefused"]["status"] == "False"
+
+
 def waiting_pod(reason: str, message: str = "m") -> dict[str, Any]:
     return {"status": {"phase": "Pending", "containerStatuses": [
         {"name": "trainer", "state": {"waiting": {"reason": reason, "message": message}}}]}}

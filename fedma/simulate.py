@@ -34,8 +34,9 @@ class SiloTrainer:
     round, linear warmup, optional FedProx term)."""
 
     def __init__(self, model: AlignmentModel, learning_rate: float, weight_decay: float = 0.0,
-                 warmup_steps: int = 0, proximal_mu: float = 0.0):
+                 warmup_steps: int = 0, proximal_mu: float = 0.0, max_grad_norm: float = 0.0):
         self.model = model
+        self.max_grad_norm = max_grad_norm
         self.lr = learning_rate
         self.weight_decay = weight_decay
         self.warmup_steps = warmup_steps
@@ -82,6 +83,9 @@ class SiloTrainer:
                 losses.append(loss)
             opt.zero_grad(set_to_none=True)
             torch.stack(losses).sum().backward()
+            if self.max_grad_norm > 0:  # per silo, as each silo's engine clips its own
+                for p in params:
+                    torch.nn.utils.clip_grad_norm_(list(p.values()), self.max_grad_norm)
             opt.step()
             sched.step()
         model.eval()

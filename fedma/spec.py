@@ -329,6 +329,10 @@ class TrainingSpec(_Model):
     # optimiser starts fresh each round (its state never travels), and Adam's first steps move
     # every weight by about the full learning rate; warmup keeps silos from diverging apart.
     warmup_steps: int = Field(0, ge=0, le=100_000)
+    # Clip the projector's gradient to this L2 norm before each optimiser step (0 = off, as
+    # DeepSpeed's gradient_clipping). Off by default: it helped one recipe and hurt another
+    # (measured in docs/demo.md); `fedma init` writes 1.0 where it helped.
+    max_grad_norm: float = Field(0.0, ge=0, le=1e6)
     # FedProx (Li et al., 2020): adds mu/2 * ||w - w_global||^2 to the local loss, pulling each
     # silo's projector towards the round's global one on heterogeneous data (0 = off).
     proximal_mu: float = Field(0.0, ge=0)

@@ -84,6 +84,7 @@ spec:
     batchSize: 8
     learningRate: 0.005
     warmupSteps: 4
+    maxGradNorm: 1.0         # gradient clipping (0 = off); steadies this recipe: docs/demo.md
   aggregation:
     strategy: fedavg         # or fedavgm, fedadam, fedyogi, fedadagrad, fedprox, fedcmp
     minSilos: {quorum:<12} # a round aggregates once this many silos succeeded

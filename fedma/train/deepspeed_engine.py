@@ -57,6 +57,7 @@ def ds_config(spec: TrainingSpec, world: int) -> dict[str, Any]:
         "train_batch_size": micro * world,
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": 1,
+        "gradient_clipping": spec.max_grad_norm,  # DeepSpeed's 0 is off, as ours
         "zero_optimization": {"stage": spec.deepspeed.zero_stage},
         "bf16": {"enabled": spec.deepspeed.bf16},
         "steps_per_print": 10**9,

@@ -35,6 +35,8 @@ def train(model: AlignmentModel, data: Iterable[tuple[torch.Tensor, list[str]]],
             raise FloatingPointError(f"loss became {loss.item()} at step {steps + 1}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if spec.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.projector.parameters(), spec.max_grad_norm)
         opt.step()
         sched.step()
         steps += 1

@@ -31,13 +31,14 @@ def silo_batches(seed: int, steps: int = 3, size: int = 2):
     return out
 
 
-@pytest.mark.parametrize("mu", [0.0, 0.5])
-def test_batched_silos_match_the_torch_engine_one_by_one(model, mu):
+@pytest.mark.parametrize("mu,clip", [(0.0, 0.0), (0.5, 0.0), (0.0, 0.01)])
+def test_batched_silos_match_the_torch_engine_one_by_one(model, mu, clip):
     start = projector_state(model.projector)
     # Two silos starting from different weights, as after local-only rounds.
     other = {k: v + 0.01 * torch.randn_like(v) for k, v in start.items()}
     data = [silo_batches(1), silo_batches(2)]
-    spec = TrainingSpec(learning_rate=1e-2, weight_decay=0.01, warmup_steps=2, proximal_mu=mu)
+    spec = TrainingSpec(learning_rate=1e-2, weight_decay=0.01, warmup_steps=2, proximal_mu=mu,
+                        max_grad_norm=clip)
     reference = []
     for init, batches in zip((start, other), data, strict=True):
         load_projector_state(model.projector, init, "test")
@@ -46,7 +47,13 @@ def test_batched_silos_match_the_torch_engine_one_by_one(model, mu):
         _, loss = train(model, iter(batches), spec, max_steps=0)
         model.set_proximal(0.0)
         reference.append((projector_state(model.projector), loss))
-    trainer = SiloTrainer(model, 1e-2, weight_decay=0.01, warmup_steps=2, proximal_mu=mu)
+    if clip:  # the clip binds: unclipped, the same steps end elsewhere
+        load_projector_state(model.projector, start, "test")
+        train(model, iter(data[0]), spec.model_copy(update={"max_grad_norm": 0.0}), max_steps=0)
+        free = projector_state(model.projector)
+        assert any(not torch.allclose(free[k], reference[0][0][k], atol=1e-4) for k in free)
+    trainer = SiloTrainer(model, 1e-2, weight_decay=0.01, warmup_steps=2, proximal_mu=mu,
+                          max_grad_norm=clip)
     feats = [[(model.image_features(p), c) for p, c in batches] for batches in data]
     got = trainer.train_round([start, other], feats)
     for (w_ref, loss_ref), (w, loss) in zip(reference, got, strict=True):

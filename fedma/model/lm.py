@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -28,7 +29,16 @@ def load_language_model(path: str, gguf_file: str | None = None):
 def convert_gguf(src_dir: str, gguf_file: str, out_dir: str) -> Path:
     """Dequantise a GGUF LM once into a safetensors folder (reloads in well under a second,
     where reading the GGUF costs tens of seconds every time)."""
-    model, tok = load_language_model(src_dir, gguf_file)
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    # transformers draws its conversion bar whatever stderr is; off a terminal (a log, a pipe,
+    # CI) that is hundreds of carriage-return frames. tqdm's own rule: a bar only on a TTY.
+    bar = gguf_utils.tqdm
+    gguf_utils.tqdm = functools.partial(bar, disable=None)
+    try:
+        model, tok = load_language_model(src_dir, gguf_file)
+    finally:
+        gguf_utils.tqdm = bar
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = model.config.to_dict()

@@ -16,8 +16,8 @@ from tests.e2e.published import Elsewhere, Row, assert_matches_published
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 # Round 5 on every kernel path measured (docs/demo.md): loss at most 1.5583 (0.18 of round
-# 0's), accuracy at least 29.5 %; with a margin.
-ELSEWHERE = Elsewhere(loss_below=0.3, accuracy_above=15.0)
+# 0's), accuracy at least 29.5 %; with a margin (twice chance, 10 %).
+ELSEWHERE = Elsewhere(loss_below=0.3, accuracy_above=20.0)
 
 
 def demo_md_table() -> list[Row]:

@@ -6,7 +6,7 @@ import pytest
 from tests.e2e.published import Elsewhere, assert_matches_published
 
 PUBLISHED = [(0, 9.5335, 17.8), (1, 5.9068, 0.0), (2, 0.8067, 31.1), (3, 0.3043, 62.2)]
-ELSEWHERE = Elsewhere(loss_below=0.1, accuracy_above=33.3)
+ELSEWHERE = Elsewhere(loss_below=0.1, accuracy_above=33.3)  # stricter than the walkthrough's
 
 
 def check(got):

@@ -21,9 +21,9 @@ from tests.e2e.terminal import ctrl_c_once
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
-# Round 3 on every kernel path measured (docs/demo.md): loss at most 0.4340 (0.046 of round
-# 0's), accuracy at least 46.7 %; with a margin (3x chance, as the report check below).
-ELSEWHERE = Elsewhere(loss_below=0.1, accuracy_above=33.3)
+# Round 3 on every kernel path measured (docs/demo.md), clipped or not: loss at most 0.6476
+# (0.068 of round 0's), accuracy at least 42.2 %; with a margin (twice chance, 11.1 %).
+ELSEWHERE = Elsewhere(loss_below=0.15, accuracy_above=22.3)
 
 
 def fenced_after(marker: str) -> list[str]:
@@ -63,6 +63,8 @@ def test_the_readme_own_data_walkthrough(tmp_path):
         assert f"silo {silo}: 320 records, every image decoded" in setup.stdout + setup.stderr
     assert "shapes.yaml: valid FederatedTraining 'shapes'" in setup.stdout
     assert "evaluation: 45 records, every image decoded" in setup.stdout
+    # The cold cache's GGUF conversion ran off a terminal: plain lines, no progress-bar frames.
+    assert "de-quantizing GGUF tensors" not in setup.stdout + setup.stderr, setup.stderr[-2000:]
 
     # The last line, on a terminal, stopped with Ctrl-C once round 1 is committed.
     activate = ". .venv/bin/activate && "
@@ -85,7 +87,7 @@ def test_the_readme_own_data_walkthrough(tmp_path):
     # (tests/e2e/published.py).
     assert_matches_published(got, expected, decimals=4, elsewhere=ELSEWHERE)
     report = json.loads((tmp_path / "shapes-run/report.json").read_text())
-    assert report["rounds"][-1]["retrieval_accuracy"] > 3 * report["retrieval_chance"]
+    assert report["rounds"][-1]["retrieval_accuracy"] > 2 * report["retrieval_chance"]
 
     again = subprocess.run(["bash", "-c", activate + steps[-1]], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=300)

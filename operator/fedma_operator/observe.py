@@ -174,6 +174,19 @@ def first_trouble(pods: list[dict[str, Any]]) -> str:
     return next((t for t in map(pod_trouble, pods) if t), "")
 
 
+def no_pod(job: dict[str, Any], pods: list[dict[str, Any]]) -> str:
+    """Why a Job running past ``POD_CHECK_AFTER_S`` has not one pod, or "" when it has: its
+    controller could not create one (FailedCreate: a ResourceQuota, a LimitRange, PodSecurity
+    admission or a webhook refused the pod). The refusal itself is only in the Job's Events,
+    which the operator has no right to read; say where to look instead of "Running"."""
+    if pods:
+        return ""
+    name = job["metadata"]["name"]
+    return (f"FailedCreate: no pod after {POD_CHECK_AFTER_S:.0f} s; the Job controller could "
+            f"not create one (a ResourceQuota, LimitRange or admission policy refused it; "
+            f"kubectl describe job {name} says which)")
+
+
 def queue_clock(job: dict[str, Any], entry: dict[str, Any], now: datetime
                 ) -> tuple[bool, float]:
     """A queued silo's own clock (Kueue): while its Job is suspended (not admitted, or
@@ -300,7 +313,8 @@ async def observe_group(rnd: FederatedRound, cluster: Cluster, namespace: str,
             pending[silo].pop("waiting", None)
             out[silo] = _finished(pending[silo], attempts, state, reason, summary)
         for silo, job in slow.items():
-            trouble = first_trouble(pods.get(job["metadata"]["name"], []))
+            got = pods.get(job["metadata"]["name"], [])
+            trouble = first_trouble(got) or no_pod(job, got)
             if trouble:
                 pending[silo]["waiting"] = trouble
             else:

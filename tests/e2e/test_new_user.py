@@ -17,6 +17,7 @@ import pytest
 from fedma.spec import dump, parse, round_spec
 from tests.conftest import training_manifest, write_yaml
 from tests.e2e.terminal import ctrl_c_once
+from tests.faults.conftest import INJECT
 
 pytestmark = pytest.mark.e2e
 CLI = [sys.executable, "-m", "fedma.cli"]
@@ -138,9 +139,13 @@ def test_ctrl_c_on_a_terminal_says_what_is_kept_and_the_same_command_resumes(tmp
     manifest = write_yaml(tmp_path / "t.yaml",
                           training_manifest(tmp_path, tiny_models, rounds=3, n=30))
     committed = tmp_path / "store/tiny/round-0001/global.safetensors.manifest.json"
-    # Settle: round 2's silos are running.
+    # Round 2's silo-1 takes a minute (tests/faults/inject): Ctrl-C, a second after round 1
+    # is committed, lands in round 2 however slow the machine (a CI run once finished all
+    # three tiny rounds before the press).
+    slow = env(PYTHONPATH=f"{ROOT}{os.pathsep}{INJECT}", FEDMA_FAULT_SLOW_S="60",
+               FEDMA_FAULT=f"slow:silo-1@2:{tmp_path / 'slowed'}")
     rc, text = ctrl_c_once([*CLI, "run", str(manifest), "--out", str(tmp_path / "o")],
-                           committed, cwd=ROOT, env=env(), wait_s=300, settle_s=1.0,
+                           committed, cwd=ROOT, env=slow, wait_s=300, settle_s=1.0,
                            exit_s=30)
     flat = " ".join(text.split())
     assert rc == 130, text[-2000:]

@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BUILD = Path(__file__).resolve().parent / "build.sh"
 CONTROLLERS = ["job-controller", "garbage-collector-controller", "namespace-controller",
                "serviceaccount-controller", "serviceaccount-token-controller",
-               "ttl-after-finished-controller", "root-ca-certificate-publisher-controller"]
+               "ttl-after-finished-controller", "root-ca-certificate-publisher-controller",
+               "resourcequota-controller"]
 AUDIT_POLICY = {"apiVersion": "audit.k8s.io/v1", "kind": "Policy",
                 "omitStages": ["RequestReceived"], "rules": [{"level": "Metadata"}]}
 

@@ -84,3 +84,44 @@ def test_a_pod_stuck_on_a_missing_secret_shows_in_the_silos_status_not_just_runn
     assert conds["Degraded"]["reason"] == "SilosWaiting", conds
     assert "silo-1 (CreateContainerConfigError)" in conds["Degraded"]["message"], conds
     delete_training(hub, "nosecret")
+
+
+@pytest.mark.faults
+def test_a_job_whose_pod_is_refused_shows_failedcreate_not_running(
+        hub, operator, tmp_path: Path, tiny_models):
+    """A ResourceQuota that admits no pod of one PriorityClass, and silo-1's pods in that class:
+    the real Job controller's pod create is refused by the real quota admission (FailedCreate,
+    in the Job's Events only), so the Job runs with no pod at all. Within the pod check the
+    silo's status says so and where to look, and the round is Degraded, instead of "Running"
+    until the deadline."""
+    starved = "fedma-test-starved"
+    apply(hub, {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+                "metadata": {"name": starved}, "value": 10})
+    apply(hub, {"apiVersion": "v1", "kind": "ResourceQuota",
+                "metadata": {"name": starved, "namespace": NAMESPACE},
+                "spec": {"hard": {"pods": "0"}, "scopeSelector": {"matchExpressions": [
+                    {"operator": "In", "scopeName": "PriorityClass", "values": [starved]}]}}})
+    manifest = one_round(tmp_path, tiny_models, "refused")
+    manifest["spec"]["silos"][0]["pod"] = {"priorityClassName": starved}
+    apply(hub, manifest)
+    try:
+        def refused():
+            rnd = get(hub, fedma_path(NAMESPACE, "federatedrounds", "refused-r0001")) or {}
+            st = rnd.get("status") or {}
+            silo = (st.get("silos") or {}).get("silo-1") or {}
+            return st if silo.get("waiting", "").startswith("FailedCreate") else None
+
+        st = wait_until(refused, 90, "silo-1's FailedCreate", operator.tail)
+        silo = st["silos"]["silo-1"]
+        assert f"kubectl describe job {silo['job']}" in silo["waiting"], silo
+        assert silo["phase"] == "Running"
+        conds = {c["type"]: c for c in st["conditions"]}
+        assert conds["Degraded"]["status"] == "True", conds
+        assert "silo-1 (FailedCreate)" in conds["Degraded"]["message"], conds
+        assert not items(hub, f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector=job-name%3D"
+                              f"{silo['job']}")  # truly no pod: the quota refused it
+        assert "waiting" not in st["silos"]["silo-2"], st["silos"]["silo-2"]
+    finally:
+        delete_training(hub, "refused")
+        hub.kubectl("-n", NAMESPACE, "delete", "resourcequota", starved)
+        hub.kubectl("delete", "priorityclass", starved)

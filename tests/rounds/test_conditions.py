@@ -12,7 +12,7 @@ import pytest
 
 from fedma.rounds import RoundPhase, SiloPhase
 from fedma_operator.conditions import NAMES, mirrored, round_conditions
-from fedma_operator.observe import pod_trouble
+from fedma_operator.observe import no_pod, pod_trouble
 from fedma_operator.training import TrainingReconciler
 
 NOW = datetime(2026, 12, 3, tzinfo=UTC)
@@ -223,3 +223,11 @@ def test_a_stuck_pod_degrades_a_running_round_and_says_why():
     c = by_type(round_conditions(RoundPhase.TRAINING, 1, e, 1, NOW))
     assert c["Degraded"]["status"] == "True" and c["Degraded"]["reason"] == "SilosWaiting"
     assert c["Degraded"]["message"] == "waiting: s1 (CreateContainerConfigError)"
+
+
+def test_a_job_without_a_pod_says_failedcreate_and_where_to_look():
+    job = {"metadata": {"name": "t-r0001-silo-1-a1"}}
+    said = no_pod(job, [])
+    assert said.startswith("FailedCreate: no pod after 15 s") and \
+        "kubectl describe job t-r0001-silo-1-a1" in said
+    assert no_pod(job, [waiting_pod("ContainerCreating")]) == ""

@@ -13,6 +13,9 @@ a straggler, until something kills it), ``mid-training`` (after its
 second optimiser step), ``after-upload`` (right after its update is committed to the store,
 before it reports), ``aggregate-mid-write`` (the aggregator dies halfway through writing the
 global projector's bytes).
+
+``<silo>`` may name a round, ``silo-1@2``: the fault then fires in that round's silo process
+only (the round file the process was given is ``round-0002/round.yaml``).
 """
 
 from __future__ import annotations
@@ -40,7 +43,9 @@ def _install() -> None:
 
 def _install_one(point: str, silo: str, marker: Path) -> None:
     argv = sys.argv
-    is_silo = "--silo" in argv and argv[argv.index("--silo") + 1] == silo
+    silo, _, in_round = silo.partition("@")
+    is_silo = "--silo" in argv and argv[argv.index("--silo") + 1] == silo and (
+        not in_round or f"round-{int(in_round):04d}" in argv[argv.index("--round") + 1])
     if point == "start" and is_silo:
         _die(marker)
     elif point == "slow" and is_silo:  # takes its time, then trains as usual

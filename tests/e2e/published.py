@@ -30,9 +30,14 @@ class Elsewhere:
     accuracy_above: float  # last-round retrieval accuracy at least this, in %
 
 
+def as_printed(got: float, published: float, decimals: int) -> bool:
+    """Whether ``got`` prints as the published figure, given with ``decimals`` digits."""
+    return abs(got - published) <= 0.51 * 10.0 ** -decimals
+
+
 def same_numerics(got: list[Row], want: list[Row], decimals: int) -> bool:
     """Whether round 1 repeats the published loss to its printed digits."""
-    return abs(got[1][1] - want[1][1]) <= 0.51 * 10.0 ** -decimals
+    return as_printed(got[1][1], want[1][1], decimals)
 
 
 def assert_matches_published(got: list[Row], want: list[Row], *, decimals: int,
@@ -43,7 +48,7 @@ def assert_matches_published(got: list[Row], want: list[Row], *, decimals: int,
     assert abs(got[0][2] - want[0][2]) <= 0.1, ("round 0", got[0], want[0])
     if same_numerics(got, want, decimals):
         for g, w in zip(got, want, strict=True):
-            assert abs(g[1] - w[1]) <= 0.51 * 10.0 ** -decimals and abs(g[2] - w[2]) <= 0.06, (
+            assert as_printed(g[1], w[1], decimals) and abs(g[2] - w[2]) <= 0.06, (
                 f"round {g[0]} moved on the published numerics: got {g[1:]}, published {w[1:]} "
                 f"(whole run: {got})")
         return

@@ -34,12 +34,22 @@ Vectors (biases) and other non-2-D tensors: sample-weighted mean, x ← x + η �
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 
+from fedma.aggregate import grassmann
 from fedma.aggregate.base import AggregateResult, SiloUpdate, Tensors
 from fedma.aggregate.server_opt import ServerOptimizer, _get, clip_factors
+from fedma.aggregate.snapshots import (
+    coefficients,
+    combination,
+    gram_pass,
+    modes,
+    projection,
+    step_pass,
+)
 from fedma.aggregate.stream import block_reader, mean_and_energy, weighted_mean_delta
 
 EXACT_SVD_MAX = 1024  # below this smaller side, a full SVD is cheap and exact
@@ -61,6 +71,16 @@ class FedCMP(ServerOptimizer):
         "conflict_only": 1,
         "keep_residual": 1,  # 1: add the weighted mean of what lies outside the basis
         "seed": 0,  # randomized SVD seed (determinism)
+        # 1: the basis from the K × K Gram matrix of the vectorised deltas (snapshots.py):
+        # two blocked passes, at most K directions per tensor. 0: the exact out-space basis.
+        "snapshots": 0,
+        # 0: every silo at its sample share on every direction (no reliability weighting);
+        # with beta 0 Fed-CMP is then FedAvg, the sanity arm of the quality benchmark.
+        "reliability": 1,
+        # 1: momentum on the shared basis itself (grassmann.py: the basis kept across rounds,
+        # a velocity in its tangent space, exp-map retraction) instead of on the fused delta;
+        # needs a fixed rank. 0: the subspace momentum of step 5.
+        "basis_momentum": 0,
     }
 
     def __init__(self, robust: dict[str, Any] | None = None,
@@ -83,6 +103,14 @@ class FedCMP(ServerOptimizer):
             raise ValueError("aggregation.options.beta must be in [0, 1)")
         if o["max_rank"] < 1 or o["rank"] < 0:
             raise ValueError("aggregation.options.max_rank must be >= 1 and rank >= 0")
+        for flag in ("snapshots", "reliability", "conflict_only", "keep_residual",
+                     "basis_momentum"):
+            if o[flag] not in (0.0, 1.0):
+                raise ValueError(f"aggregation.options.{flag} must be 0 or 1, got {o[flag]:g}")
+        if o["basis_momentum"] and (o["snapshots"] or not o["rank"]):
+            raise ValueError("aggregation.options.basis_momentum needs snapshots 0 and a fixed "
+                             "aggregation.options.rank (the basis carried across rounds keeps "
+                             "its size)")
 
     def aggregate(self, base: Tensors, updates: list[SiloUpdate],
                   server_state: Tensors) -> AggregateResult:
@@ -106,16 +134,27 @@ class FedCMP(ServerOptimizer):
                 step = weighted_mean_delta({key: x}, ordered, coeffs)[key]
                 new[key] = (x.double() + self.opts["server_lr"] * step).to(x.dtype)
                 continue
+            if self.opts["snapshots"]:
+                new[key], ranks[key], w = self._snapshot_step(key, x, ordered, factors,
+                                                              shares, state)
+                weight_sum += w.mean(dim=1)
+                continue
+            carry = (lambda u, key=key: self._carry_basis(key, u, state)) \
+                if self.opts["basis_momentum"] else None
             if x.shape[0] <= EXACT_SVD_MAX:
                 x64 = x.double()
                 stack = torch.stack([(u.weights[key].double() - x64) * f
                                      for u, f in zip(ordered, factors, strict=True)])
-                d, w, u = self._fuse(stack, shares)
+                d, w, u = self._fuse(stack, shares, carry)
                 del stack
             else:  # never K deltas of a large tensor at once: sketches of them
-                d, w, u = self._fuse_streamed(key, x, ordered, factors, shares)
+                d, w, u = self._fuse_streamed(key, x, ordered, factors, shares, carry)
             ranks[key] = u.shape[1]
             weight_sum += w.mean(dim=1)
+            if carry is not None:  # the history lives in the basis: x ← x + η·D
+                new[key] = torch.add(x.float(), d.float(),
+                                     alpha=self.opts["server_lr"]).to(x.dtype)
+                continue
             d, u32 = d.float(), u.float()
             m = _get(state, f"m.{key}", d)
             # m ← β·U(Uᵀm) + D, in place: float32 like the stored state.
@@ -188,6 +227,9 @@ class FedCMP(ServerOptimizer):
     def _weigh(self, coeff: torch.Tensor, shares: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Reliability weights (K × r, summing to 1 over silos) and the fused coefficients."""
+        if not self.opts["reliability"]:
+            w = shares[:, None].expand(-1, coeff.shape[1]).clone()
+            return w, torch.einsum("kr,kri->ri", w, coeff)
         conflict_only = bool(self.opts["conflict_only"])
         agree = self._agreement(coeff, shares, weigh_votes=conflict_only)
         if conflict_only:
@@ -196,12 +238,32 @@ class FedCMP(ServerOptimizer):
         w = torch.softmax(logits, dim=0)
         return w, torch.einsum("kr,kri->ri", w, coeff)
 
-    def _fuse(self, stack: torch.Tensor, shares: torch.Tensor
+    def _carry_basis(self, key: str, u: torch.Tensor, state: Tensors) -> torch.Tensor:
+        """This round's basis U through the basis momentum (grassmann.py); the carried basis
+        and its velocity are server state (float32, as stored; the step in float64)."""
+        if u.shape[1] != int(self.opts["rank"]):  # a rank-deficient round: nothing to carry
+            return u
+        y, v = state.get(f"basis.{key}"), state.get(f"velocity.{key}")
+        if y is not None and (y.shape != u.shape or v is None or v.shape != u.shape):
+            raise ValueError(f"server state 'basis.{key}' has shape {tuple(y.shape)}, "
+                             f"expected {tuple(u.shape)} (options.rank changed?)")
+        new, vel = grassmann.step(None if y is None else y.double(),
+                                  None if v is None else v.double(), u, self.opts["beta"])
+        state[f"basis.{key}"], state[f"velocity.{key}"] = new.float(), vel.float()
+        return new
+
+    def _fuse(self, stack: torch.Tensor, shares: torch.Tensor,
+              carry: Callable[[torch.Tensor], torch.Tensor] | None = None
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (fused delta D, reliability weights K × r, basis U)."""
+        """Returns (fused delta D, reliability weights K × r, basis U). ``carry`` maps this
+        round's basis to the one fused on (basis momentum)."""
         u = self._basis(stack, shares)
+        if carry is not None:
+            u = carry(u)
         r = u.shape[1]
         coeff = torch.einsum("or,koi->kri", u, stack)  # K × r × in
+        if carry is not None:
+            u, coeff = _principal_frame(u, coeff, shares)
         w, fused = self._weigh(coeff, shares)
         d = u @ fused
         if self.opts["keep_residual"]:
@@ -211,9 +273,46 @@ class FedCMP(ServerOptimizer):
             w = shares[:, None].clone()
         return d, w, u
 
+    # -- the snapshot formulation: two blocked passes --------------------------------------
+    def _snapshot_step(self, key: str, x: torch.Tensor, ordered: list[SiloUpdate],
+                       factors: list[float], shares: torch.Tensor, state: Tensors
+                       ) -> tuple[torch.Tensor, int, torch.Tensor]:
+        """New weights, rank and reliability weights (K × r) of one 2-D tensor, with the
+        canonical space of snapshots.py. The fused delta D and the projected history
+        β·Φ(ΦᵀM) are both Σᵢ θᵢvᵢ, so the new momentum M = Σᵢ θᵢvᵢ is one blocked pass."""
+        readers = [block_reader(u.weights, key) for u in ordered]
+        old = state.get(f"m.{key}")
+        if old is not None and old.shape != x.shape:
+            raise ValueError(f"server state 'm.{key}' has shape {tuple(old.shape)}, expected "
+                             f"{tuple(x.shape)}")
+        beta = self.opts["beta"]
+        gram, inner = gram_pass(x, readers, factors, old if beta and old is not None else None)
+        sigma, v, total = modes(gram, shares)
+        r = self._rank(sigma, total, int(min(self.opts["max_rank"], len(ordered)))) if total \
+            else 0
+        sigma, v = sigma[:r], v[:, :r]
+        if r == 0:  # every delta is zero
+            theta, w = torch.zeros_like(shares), shares[:, None].clone()
+        else:
+            coeff = coefficients(sigma, v, shares)  # K × r scalars
+            w, fused = self._weigh(coeff[..., None], shares)
+            fused = fused[:, 0]
+            if self.opts["keep_residual"]:  # D = Σ pᵢvᵢ + Σⱼ φⱼ (c*ⱼ − Σᵢ pᵢcᵢⱼ)
+                theta = shares + combination(sigma, v, shares, fused - shares @ coeff)
+            else:
+                theta = combination(sigma, v, shares, fused)
+            if inner is not None:
+                theta = theta + beta * combination(sigma, v, shares,
+                                                   projection(sigma, v, shares, inner))
+        coeffs = [float(t) * f for t, f in zip(theta, factors, strict=True)]
+        m, new = step_pass(x, readers, coeffs, self.opts["server_lr"])
+        state[f"m.{key}"] = m
+        return new.to(x.dtype), r, w
+
     # -- large tensors: a streamed randomized SVD --------------------------------------------
     def _fuse_streamed(self, key: str, x: torch.Tensor, ordered: list[SiloUpdate],
-                       factors: list[float], shares: torch.Tensor
+                       factors: list[float], shares: torch.Tensor,
+                       carry: Callable[[torch.Tensor], torch.Tensor] | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``_fuse`` for a tensor too large to stack K deltas of (out > EXACT_SVD_MAX).
 
@@ -273,6 +372,13 @@ class FedCMP(ServerOptimizer):
         u = qm.double() @ ub  # out × r, orthonormal
         coeff = (torch.einsum("qr,kqi->kri", ub, b.double())
                  / shares.sqrt()[:, None, None])
+        if carry is not None:  # a basis outside span(Q): its coefficients need one more read
+            u = carry(u)
+            u32 = u.float()
+            ux = u32.T @ x32
+            coeff = torch.stack([torch.addmm(ux, u32.T, ws(i), beta=-1.0).mul_(f[i])
+                                 for i in range(k)]).double()
+            u, coeff = _principal_frame(u, coeff, shares)
         w, fused = self._weigh(coeff, shares)
         if self.opts["keep_residual"]:
             # D = U C* + Σᵢ pᵢ Rᵢ = Σᵢ pᵢ Δᵢ + U (C* − Σᵢ pᵢ Cᵢ), without any Rᵢ.
@@ -281,3 +387,14 @@ class FedCMP(ServerOptimizer):
         else:
             d = u.float() @ fused.float()
         return d, w, u
+
+
+def _principal_frame(u: torch.Tensor, coeff: torch.Tensor, shares: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A carried basis rotated within its span onto the principal directions of this round's
+    deltas (eigenvectors of Σᵢ pᵢ CᵢCᵢᵀ, largest first), with the coefficients to match.
+    Reliability is judged per direction, so it must see the same directions as without the
+    carry: at β = 0 basis momentum is then exactly plain Fed-CMP."""
+    second = torch.einsum("k,kri,ksi->rs", shares, coeff, coeff)
+    rot = torch.linalg.eigh(second).eigenvectors.flip(1)
+    return u @ rot, torch.einsum("rs,kri->ksi", rot, coeff)

@@ -8,16 +8,15 @@ exchanging the whole LLaVA-1.5-7B would move (6.74 B LM + 0.30 B vision + 0.02 B
 parameters in bfloat16, each way), the baseline of a federated framework that trains and ships
 the model.
 
-Quality: ``bench/quality.py`` (real backbones, Dirichlet α = 0.1, FedAvg) run per encoding
-with the same seeds; every update passes through encode → decode before aggregation. Local
-training is chaotic at this budget (AdamW turns a 1e-6 change into a different trajectory
-within a few steps: bench/train.py shows it), so one seed cannot separate an encoding from
-noise: an encoding "loses no measured quality" when its mean final held-out NLL is not higher,
-and its mean retrieval accuracy not lower, than float32's by more than one seed standard
-deviation. The encoding's
-own error is also measured directly: ‖decode(encode(Δ)) − Δ‖ / ‖Δ‖ on the 7B shape.
+Quality: one ``bench/quality.py`` run (real backbones, its recipe and warm start, Dirichlet
+α = 0.1, ``--quality-rounds`` rounds, 500 held-out images) with one FedAvg arm per encoding,
+whose updates pass through encode → decode before aggregation; every encoding is paired with
+float32 on the same seeds and images. An encoding "loses no measured quality" unless the paired
+comparison (bench/stats.py: t and bootstrap intervals both exclude 0) calls it worse on
+retrieval or on the candidate NLL. The encoding's own error is also measured directly:
+‖decode(encode(Δ)) − Δ‖ / ‖Δ‖ on the 7B shape.
 
-    python bench/comm.py [--quality-rounds 8] [--out bench/results]
+    python bench/comm.py [--quality-rounds 4] [--out bench/results]
 """
 
 from __future__ import annotations
@@ -64,17 +63,25 @@ def wire_bytes(shape: tuple[int, int, int]) -> dict[str, dict[str, int]]:
     return out
 
 
-def quality(encoding: str, rounds: int, seeds: int, out: Path) -> dict:
+def quality(rounds: int, seeds: int, out: Path) -> dict:
+    """One quality run with an arm per encoding (FedAvg on updates that went through encode →
+    decode), so every encoding is paired with float32 on the same seeds and images."""
+    arms = ",".join("fedavg" if e == "float32" else f"fedavg_{e}" for e in ENCODINGS)
     cmd = [sys.executable, str(ROOT / "bench" / "quality.py"), "--seeds", str(seeds), "--arms",
-           "central,fedavg", "--settings", "dirichlet", "--rounds", str(rounds),
-           "--encoding", encoding, "--out", str(out)]
+           arms, "--settings", "dirichlet", "--rounds", str(rounds), "--eval-samples",
+           "500", "--out", str(out)]
     run = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if run.returncode != 0:
-        raise SystemExit(f"quality run with {encoding} failed:\n{run.stderr[-3000:]}")
-    arm = json.loads((out / "quality.json").read_text())["arms"]["fedavg"]
-    return {k: {"mean": statistics.mean(arm[k]), "sd": statistics.stdev(arm[k])
-                if len(arm[k]) > 1 else 0.0, "seeds": arm[k]}
-            for k in ("heldout_loss", "retrieval_accuracy")}
+        raise SystemExit(f"quality run failed:\n{run.stderr[-3000:]}")
+    result = json.loads((out / "quality.json").read_text())["settings"]["dirichlet"]
+    q = {}
+    for enc in ENCODINGS:
+        arm = result["arms"]["fedavg" if enc == "float32" else f"fedavg_{enc}"]
+        q[enc] = {k: {"mean": statistics.mean(arm[k]), "sd": statistics.stdev(arm[k])
+                      if len(arm[k]) > 1 else 0.0, "seeds": arm[k]}
+                  for k in ("heldout_loss", "retrieval_accuracy", "candidate_nll")}
+        q[enc]["paired"] = result["paired_vs_fedavg"].get(f"fedavg_{enc}")
+    return q
 
 
 def encoding_error() -> dict[str, float]:
@@ -95,19 +102,19 @@ def encoding_error() -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quality-rounds", type=int, default=8)
+    p.add_argument("--quality-rounds", type=int, default=4)
     p.add_argument("--quality-seeds", type=int, default=3)
     p.add_argument("--out", default="bench/results")
     args = p.parse_args(argv)
 
     full = 2 * LLAVA_7B_PARAMS  # bfloat16 bytes, each way
     sizes = {s: wire_bytes(shape) for s, shape in SHAPES.items()}
-    q = {}
     with tempfile.TemporaryDirectory(prefix="fedma-bench-comm-") as work:
-        for enc in ENCODINGS:
-            q[enc] = quality(enc, args.quality_rounds, args.quality_seeds, Path(work) / enc)
-            print(f"quality with {enc}: " + ", ".join(
-                f"{k} {v['mean']:.4f} ± {v['sd']:.4f}" for k, v in q[enc].items()))
+        q = quality(args.quality_rounds, args.quality_seeds, Path(work))
+    for enc in ENCODINGS:
+        print(f"quality with {enc}: " + ", ".join(
+            f"{k} {q[enc][k]['mean']:.4f} ± {q[enc][k]['sd']:.4f}"
+            for k in ("heldout_loss", "retrieval_accuracy")))
     err = encoding_error()
     results, lines = [], ["| shape | encoding | upload | download | upload × float32 | "
                           "(up + down) × full 7B exchange |", "|---|---|---|---|---|---|"]
@@ -133,17 +140,22 @@ def main(argv: list[str] | None = None) -> int:
                             "reference_is": "baseline", "ratio": ratio_full, "target": None,
                             "better": "lower"})
     lines += ["", "| encoding | relative error of Δ | final held-out NLL (mean ± sd) | "
-              "retrieval accuracy | no measured quality loss |", "|---|---|---|---|---|"]
+              "retrieval accuracy | Δ retrieval vs float32, paired [bootstrap 95 %] | "
+              "no measured quality loss |", "|---|---|---|---|---|---|"]
     ref = q["float32"]
     for enc in ENCODINGS:
-        tol = {k: max(ref[k]["sd"], q[enc][k]["sd"]) for k in ref}
-        ok = (q[enc]["heldout_loss"]["mean"] <= ref["heldout_loss"]["mean"]
-              + tol["heldout_loss"]
-              and q[enc]["retrieval_accuracy"]["mean"] >= ref["retrieval_accuracy"]["mean"]
-              - tol["retrieval_accuracy"])
+        paired = q[enc]["paired"]
+        # Worse only when the paired intervals say so (bench/stats.py) on either endpoint.
+        ok = paired is None or all(paired[m]["verdict"] != "worse"
+                                   for m in ("retrieval_accuracy", "candidate_nll"))
+        delta = "—" if paired is None else (
+            "{:+.1f} [{:+.1f}, {:+.1f}] points".format(
+                100 * paired["retrieval_accuracy"]["mean_difference"],
+                *(100 * x for x in paired["retrieval_accuracy"]["bootstrap_interval"])))
         nll, acc = q[enc]["heldout_loss"], q[enc]["retrieval_accuracy"]
         lines.append(f"| {enc} | {err[enc]:.1e} | {nll['mean']:.3f} ± {nll['sd']:.3f} | "
-                     f"{acc['mean']:.1%} ± {acc['sd']:.1%} | {'yes' if ok else 'no'} |")
+                     f"{acc['mean']:.1%} ± {acc['sd']:.1%} | {delta} | "
+                     f"{'yes' if ok else 'no'} |")
         results.append({"metric": f"comm.quality.{enc}.heldout_loss", "ours": nll["mean"],
                         "reference": ref["heldout_loss"]["mean"], "reference_is": "baseline",
                         "ratio": nll["mean"] / ref["heldout_loss"]["mean"], "target": None,

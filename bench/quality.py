@@ -63,7 +63,7 @@ from bench.stats import compare
 class Arm:
     strategy: str | None  # None: central or local_only
     options: dict[str, float] = field(default_factory=dict)
-    proximal_mu: float = 0.0
+    proximal: bool = False  # FedProx: the local loss gets Config.proximal_mu/2·‖w − x‖²
     perturb: float = 0.0  # std of the Gaussian noise added to every aggregate (noise control)
     encoding: str = "float32"  # how the silo updates travel (fedma.encoding)
 
@@ -76,7 +76,7 @@ ARMS: dict[str, Arm] = {
     "fedadam": Arm("fedadam"),
     "fedyogi": Arm("fedyogi"),
     "fedadagrad": Arm("fedadagrad"),
-    "fedprox": Arm("fedprox", proximal_mu=0.01),
+    "fedprox": Arm("fedprox", proximal=True),
     "fedcmp": Arm("fedcmp"),
     "fedcmp_snapshots": Arm("fedcmp", {"snapshots": 1}),
     "fedcmp_basis": Arm("fedcmp", {"basis_momentum": 1, "rank": 8}),
@@ -111,6 +111,7 @@ class Config:
     # batch 1 (the previous recipe) never left the caption-template phase in 64 steps.
     learning_rate: float = 5e-3
     warmup_steps: int = 3
+    proximal_mu: float = 0.01
     warm_start_samples: int = 400
     eval_samples: int = 1000
     threads: int = 2
@@ -308,7 +309,7 @@ class Bench:
         for r in range(1, cfg.rounds + 1):
             steps = [self.batches(o, (r - 1) * cfg.local_steps, cfg.local_steps) for o in orders]
             out, cost = self.local_round((seed, setting, r), [weights] * cfg.silos, steps,
-                                         arm.proximal_mu)
+                                         cfg.proximal_mu if arm.proximal else 0.0)
             t0 = time.perf_counter()
             updates = [SiloUpdate(n, roundtrip(w, weights, arm.encoding),
                                   cfg.local_steps * cfg.batch_size, loss)
@@ -445,6 +446,7 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
                         ("eval-samples", d.eval_samples), ("threads", d.threads)):
         p.add_argument(f"--{flag}", type=int, default=value)
     for flag, value in (("alpha", d.alpha), ("learning-rate", d.learning_rate),
+                        ("proximal-mu", d.proximal_mu),
                         ("min-central", d.min_central),
                         ("max-noise-points", d.max_noise_points)):
         p.add_argument(f"--{flag}", type=float, default=value)
@@ -465,7 +467,8 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
         if x not in ("dirichlet", "iid"):
             p.error(f"--settings: {x!r} is not one of dirichlet, iid")
     cfg = Config(a.seeds, a.silos, a.alpha, settings, a.rounds, a.local_steps, a.batch_size,
-                 a.learning_rate, a.warmup_steps, a.warm_start_samples, a.eval_samples,
+                 a.learning_rate, a.warmup_steps, a.proximal_mu, a.warm_start_samples,
+                 a.eval_samples,
                  a.threads, not a.no_bf16, arms, a.min_central, a.max_noise_points,
                  json.loads(a.options))
     if cfg.silos * cfg.samples_per_silo + cfg.eval_samples + cfg.warm_start_samples > 5000:
@@ -499,6 +502,13 @@ def main(argv: list[str] | None = None) -> int:
     scores = {s: {a: [] for a in cfg.arms} for s in cfg.settings}
     seconds = {s: {a: [] for a in cfg.arms} for s in cfg.settings}
     warm_digests = []
+    def log(what: str, got: tuple[Scores, float]) -> None:
+        """One line per finished arm where the progress bar cannot draw (a pipe, a CI log)."""
+        if not sys.stdout.isatty():
+            print(f"{what}: retrieval {got[0].correct.mean():.1%}, candidate NLL "
+                  f"{got[0].candidate_nll.mean():.3f} ({got[1]:.0f} s; "
+                  f"{time.perf_counter() - t_start:.0f} s in)", flush=True)
+
     with Progress() as progress:
         task = progress.add_task("arms × rounds", total=cfg.seeds * cfg.rounds * (
             ("central" in cfg.arms) + len(cfg.settings) * len(fed_arms)))
@@ -518,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
             if "central" in cfg.arms:
                 progress.update(task, description=f"seed {seed}: central")
                 central = bench.run_arm("central", seed, "", split, start, tick)
+                log(f"seed {seed} central", central)
                 for setting in cfg.settings:
                     scores[setting]["central"].append(central[0])
                     seconds[setting]["central"].append(central[1])
@@ -527,6 +538,7 @@ def main(argv: list[str] | None = None) -> int:
                         raise SystemExit(f"seed {seed}: the warm start changed before {arm}")
                     progress.update(task, description=f"seed {seed}: {setting} {arm}")
                     got = bench.run_arm(arm, seed, setting, split, start, tick)
+                    log(f"seed {seed} {setting} {arm}", got)
                     scores[setting][arm].append(got[0])
                     seconds[setting][arm].append(got[1])
             bench.cache.clear()

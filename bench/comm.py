@@ -63,10 +63,15 @@ def wire_bytes(shape: tuple[int, int, int]) -> dict[str, dict[str, int]]:
     return out
 
 
+def encoding_arm(encoding: str) -> str:
+    """The quality benchmark's FedAvg arm whose updates travel in ``encoding``."""
+    return "fedavg" if encoding == "float32" else f"fedavg_{encoding}"
+
+
 def quality(rounds: int, seeds: int, out: Path) -> dict:
     """One quality run with an arm per encoding (FedAvg on updates that went through encode →
     decode), so every encoding is paired with float32 on the same seeds and images."""
-    arms = ",".join("fedavg" if e == "float32" else f"fedavg_{e}" for e in ENCODINGS)
+    arms = ",".join(encoding_arm(e) for e in ENCODINGS)
     cmd = [sys.executable, str(ROOT / "bench" / "quality.py"), "--seeds", str(seeds), "--arms",
            arms, "--settings", "dirichlet", "--rounds", str(rounds), "--eval-samples",
            "500", "--out", str(out)]
@@ -76,11 +81,11 @@ def quality(rounds: int, seeds: int, out: Path) -> dict:
     result = json.loads((out / "quality.json").read_text())["settings"]["dirichlet"]
     q = {}
     for enc in ENCODINGS:
-        arm = result["arms"]["fedavg" if enc == "float32" else f"fedavg_{enc}"]
+        arm = result["arms"][encoding_arm(enc)]
         q[enc] = {k: {"mean": statistics.mean(arm[k]), "sd": statistics.stdev(arm[k])
                       if len(arm[k]) > 1 else 0.0, "seeds": arm[k]}
                   for k in ("heldout_loss", "retrieval_accuracy", "candidate_nll")}
-        q[enc]["paired"] = result["paired_vs_fedavg"].get(f"fedavg_{enc}")
+        q[enc]["paired"] = result["paired_vs_fedavg"].get(encoding_arm(enc))
     return q
 
 

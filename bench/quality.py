@@ -268,8 +268,8 @@ class Bench:
         full_key = (*key, mu, tuple(digest(s) for s in starts))
         if full_key not in self.cache:
             t0 = time.perf_counter()
-            self.cache[full_key] = (self.train(starts, steps, mu), 0.0)
-            self.cache[full_key] = (self.cache[full_key][0], time.perf_counter() - t0)
+            out = self.train(starts, steps, mu)
+            self.cache[full_key] = (out, time.perf_counter() - t0)
         return self.cache[full_key]
 
     def run_arm(self, name: str, seed: int, setting: str, split: Split, start: dict,
@@ -325,6 +325,9 @@ class Bench:
 
 
 # -- summaries -------------------------------------------------------------------------------
+_PER_IMAGE = {"retrieval_accuracy": "correct", "candidate_nll": "candidate_nll"}
+
+
 def summarise(scores: dict[str, list[Scores]], seconds: dict[str, list[float]]
               ) -> dict[str, Any]:
     """Per arm: per-seed endpoints; per arm but FedAvg: paired comparisons against FedAvg."""
@@ -334,30 +337,24 @@ def summarise(scores: dict[str, list[Scores]], seconds: dict[str, list[float]]
                       "candidate_nll": [float(s.candidate_nll.mean()) for s in per_seed],
                       "heldout_loss": [s.heldout_loss for s in per_seed],
                       "seconds": [round(x, 2) for x in seconds[name]]}
+    metrics = ("retrieval_accuracy", "candidate_nll")
+
+    def pair(name: str, noise: dict[str, float | None]) -> dict[str, Any]:
+        return {m: compare([getattr(s, _PER_IMAGE[m]) for s in scores[name]],
+                           [getattr(s, _PER_IMAGE[m]) for s in scores["fedavg"]], noise[m],
+                           higher_is_better=m == "retrieval_accuracy") for m in metrics}
+
+    none: dict[str, float | None] = dict.fromkeys(metrics)
+    noise = none
     paired: dict[str, Any] = {}
-    noise: dict[str, float | None] = {"retrieval_accuracy": None, "candidate_nll": None}
-    if "fedavg" in scores and "fedavg_noise" in scores:
-        base = scores["fedavg"]
-        noise = {"retrieval_accuracy": float(np.mean([
-                     abs(a.correct.mean() - b.correct.mean())
-                     for a, b in zip(scores["fedavg_noise"], base, strict=True)])),
-                 "candidate_nll": float(np.mean([
-                     abs(a.candidate_nll.mean() - b.candidate_nll.mean())
-                     for a, b in zip(scores["fedavg_noise"], base, strict=True)]))}
     if "fedavg" in scores:
-        base = scores["fedavg"]
-        for name, per_seed in scores.items():
-            if name == "fedavg":
-                continue
-            control = name in CONTROLS
-            paired[name] = {
-                "retrieval_accuracy": compare([s.correct for s in per_seed],
-                                              [s.correct for s in base],
-                                              None if control else noise["retrieval_accuracy"]),
-                "candidate_nll": compare([s.candidate_nll for s in per_seed],
-                                         [s.candidate_nll for s in base],
-                                         None if control else noise["candidate_nll"],
-                                         higher_is_better=False)}
+        # Controls are compared without a noise bar; the noise control's mean |Δ| is the bar.
+        controls = {n: pair(n, none) for n in CONTROLS if n in scores}
+        if "fedavg_noise" in controls:
+            noise = {m: float(np.mean(np.abs(controls["fedavg_noise"][m]["per_seed_difference"])))
+                     for m in metrics}
+        paired = {n: controls[n] if n in controls else pair(n, noise)
+                  for n in scores if n != "fedavg"}
     return {"arms": arms, "paired_vs_fedavg": paired, "noise_control": noise}
 
 

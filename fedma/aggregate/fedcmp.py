@@ -42,15 +42,13 @@ import torch
 from fedma.aggregate import grassmann
 from fedma.aggregate.base import AggregateResult, SiloUpdate, Tensors
 from fedma.aggregate.server_opt import ServerOptimizer, _get, clip_factors
-from fedma.aggregate.snapshots import (
-    coefficients,
-    combination,
-    gram_pass,
-    modes,
-    projection,
-    step_pass,
+from fedma.aggregate.snapshots import coefficients, combination, gram_pass, modes, projection
+from fedma.aggregate.stream import (
+    block_reader,
+    combined_delta,
+    mean_and_energy,
+    weighted_mean_delta,
 )
-from fedma.aggregate.stream import block_reader, mean_and_energy, weighted_mean_delta
 
 EXACT_SVD_MAX = 1024  # below this smaller side, a full SVD is cheap and exact
 
@@ -281,10 +279,8 @@ class FedCMP(ServerOptimizer):
         canonical space of snapshots.py. The fused delta D and the projected history
         β·Φ(ΦᵀM) are both Σᵢ θᵢvᵢ, so the new momentum M = Σᵢ θᵢvᵢ is one blocked pass."""
         readers = [block_reader(u.weights, key) for u in ordered]
-        old = state.get(f"m.{key}")
-        if old is not None and old.shape != x.shape:
-            raise ValueError(f"server state 'm.{key}' has shape {tuple(old.shape)}, expected "
-                             f"{tuple(x.shape)}")
+        # No zero momentum is made for a first round: there is nothing to project.
+        old = _get(state, f"m.{key}", x) if f"m.{key}" in state else None
         beta = self.opts["beta"]
         gram, inner = gram_pass(x, readers, factors, old if beta and old is not None else None)
         sigma, v, total = modes(gram, shares)
@@ -305,9 +301,9 @@ class FedCMP(ServerOptimizer):
                 theta = theta + beta * combination(sigma, v, shares,
                                                    projection(sigma, v, shares, inner))
         coeffs = [float(t) * f for t, f in zip(theta, factors, strict=True)]
-        m, new = step_pass(x, readers, coeffs, self.opts["server_lr"])
+        m = combined_delta(x, readers, coeffs)
         state[f"m.{key}"] = m
-        return new.to(x.dtype), r, w
+        return torch.add(x.float(), m, alpha=self.opts["server_lr"]).to(x.dtype), r, w
 
     # -- large tensors: a streamed randomized SVD --------------------------------------------
     def _fuse_streamed(self, key: str, x: torch.Tensor, ordered: list[SiloUpdate],

@@ -11,7 +11,7 @@ mode j is the scalar cᵢⱼ = ⟨vᵢ, φⱼ⟩ = σⱼ Vᵢⱼ / √pᵢ, and 
 with coefficient rows — reliability weights, fusion, the residual, momentum projected onto the
 basis — becomes arithmetic on K-vectors. The fused delta and the new momentum are linear
 combinations of the vᵢ (and the old momentum's projection onto their span is too), so a round
-is two blocked passes: one for G and ⟨vᵢ, M⟩, one writing M = Σθᵢvᵢ.
+is two blocked passes: one for G and ⟨vᵢ, M⟩, one writing M = Σθᵢvᵢ (stream.combined_delta).
 
 What differs from the exact formulation: the basis has at most K directions per tensor, and
 agreement between silos on a direction is the sign of their scalar coefficients (weighed by
@@ -60,27 +60,6 @@ def gram_pass(x: torch.Tensor, readers: Sequence[BlockReader], factors: Sequence
     if proj is not None:
         proj *= f
     return gram, proj
-
-
-def step_pass(x: torch.Tensor, readers: Sequence[BlockReader], coefficients: Sequence[float],
-              lr: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The second pass: M = Σᵢ cᵢ·(wᵢ − x) and x + η·M, both written block by block while the
-    block is in cache (float32, the arithmetic of stream.combined_delta)."""
-    flat_x = x.reshape(-1).float()
-    m = torch.empty_like(flat_x)
-    new = torch.empty_like(flat_x)
-    minus_total = -float(sum(coefficients))
-    for start in range(0, flat_x.numel(), BLOCK):
-        stop = min(start + BLOCK, flat_x.numel())
-        xb, mb = flat_x[start:stop], m[start:stop]
-        for i, (read, c) in enumerate(zip(readers, coefficients, strict=True)):
-            if i == 0:
-                torch.mul(read(start, stop), c, out=mb)
-            else:
-                mb.add_(read(start, stop), alpha=c)
-        mb.add_(xb, alpha=minus_total)
-        torch.add(xb, mb, alpha=lr, out=new[start:stop])
-    return m.view(x.shape), new.view(x.shape)
 
 
 def modes(gram: torch.Tensor, shares: torch.Tensor

@@ -98,10 +98,16 @@ def weighted_mean_delta(base: Tensors, updates: Sequence[SiloUpdate],
     silo, so the pass runs at memory speed. The rounding this leaves (≈ 1e-7 of a weight,
     against float64) is far below what one training step moves a weight; the order is fixed
     (silos sorted by name), so the result is deterministic."""
-    minus_total = -float(sum(coefficients))
-    return {key: _blocked_pass(x, [block_reader(u.weights, key) for u in updates],
-                               coefficients, minus_total, energy=False)[0]
+    return {key: combined_delta(x, [block_reader(u.weights, key) for u in updates],
+                                coefficients)
             for key, x in base.items()}
+
+
+def combined_delta(x: torch.Tensor, readers: Sequence[BlockReader],
+                   coefficients: Sequence[float]) -> torch.Tensor:
+    """Σᵢ cᵢ·(wᵢ − x) for one tensor, with ``weighted_mean_delta``'s arithmetic (Fed-CMP's
+    snapshot step gives each silo its own coefficient per tensor)."""
+    return _blocked_pass(x, readers, coefficients, -float(sum(coefficients)), energy=False)[0]
 
 
 def weighted_step(base: Tensors, updates: Sequence[SiloUpdate], coefficients: Sequence[float],

@@ -84,6 +84,27 @@ class Prometheus:
         return self.api("query_range", query=expr, start=self.started - 5,
                         end=time.time() + 1, step="1s")["result"]
 
+    async def ready(self, timeout: float = 120) -> None:
+        """Wait until the operator has been scraped and the rules evaluated at least once.
+
+        The faults of this run happen within seconds of the trainings' creation; a Prometheus
+        still replaying its TSDB or not yet scraping (a loaded CI machine) would see the
+        exclusion and failure counters first at 1, and ``increase()`` would count nothing.
+        In a cluster Prometheus runs long before any training: this is that precondition.
+        """
+
+        async def scraped() -> bool:
+            try:
+                up = self.api("query", query='up{job="fedma-operator"} == 1')["result"]
+                groups = self.api("rules")["groups"]
+            except OSError:  # not listening yet
+                return False
+            return bool(up) and bool(groups) and all(
+                g.get("lastEvaluation", "").split("T")[0] not in ("", "0001-01-01")
+                for g in groups)
+
+        await wait_for(scraped, timeout=timeout, step=0.5, what="Prometheus scraping")
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -110,6 +131,7 @@ async def test_prometheus_answers_every_dashboard_query_and_alert(k8s, operator,
     kubelet = Kubelet(api, tmp_path, on_metrics=prom.add_trainer)
     runner = asyncio.create_task(kubelet.run())
     try:
+        await prom.ready()
         # Enough samples per round that a trainer lives through several 1 s scrapes.
         live = training_manifest(tmp_path / "live", tiny_models, silos=3, rounds=2, n=480,
                                  batchSize=2)

@@ -317,7 +317,6 @@ class SiloSpec(_Model):
 
 class DeepSpeedSpec(_Model):
     zero_stage: Literal[0, 1, 2, 3] = 3
-    bf16: bool = False
 
 
 class TrainingSpec(_Model):
@@ -340,6 +339,9 @@ class TrainingSpec(_Model):
     max_steps_per_round: int = Field(0, ge=0)
     seed: int = 0
     threads: int = Field(0, ge=0, le=512)
+    # Frozen backbones in bfloat16, the projector always float32 (fedma.train.device): auto
+    # is bf16 where the silo's pod has a GPU and fp32 on a CPU.
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     deepspeed: DeepSpeedSpec = DeepSpeedSpec()
 
     @model_validator(mode="after")
@@ -450,6 +452,14 @@ _CEL_RULES = [
      "message": "aggregation.robust.maxUpdateNorm is not allowed with central DP (DP clips, "
                 "never rejects)",
      "fieldPath": ".aggregation.robust.maxUpdateNorm"},
+    # The torch engine trains in one process on one device: a pod given several GPUs would
+    # hold them and use one.
+    {"rule": "(has(self.training) && has(self.training.engine) && "
+             "self.training.engine == 'deepspeed') || "
+             "self.silos.all(s, !has(s.gpus) || s.gpus <= 1)",
+     "message": "silos[].gpus above 1 needs training.engine deepspeed (the torch engine "
+                "trains on one device)",
+     "fieldPath": ".training.engine"},
 ]
 
 
@@ -475,6 +485,13 @@ class _CommonSpec(_Model):
         if self.aggregation.strategy == "fedprox" and self.training.proximal_mu <= 0:
             raise ValueError("training.proximalMu: must be > 0 with aggregation.strategy fedprox "
                              "(FedProx's proximal term lives in local training)")
+        many = [s.name for s in self.silos if s.gpus > 1]
+        if many and self.training.engine == "torch":
+            i = names.index(many[0])
+            raise ValueError(
+                f"silos[{i}].gpus: {self.silos[i].gpus} GPUs need training.engine deepspeed "
+                f"(the torch engine trains on one device; silos with gpus > 1: "
+                f"{', '.join(many)})")
         if self.aggregation.min_silos > len(self.silos):
             raise ValueError(
                 f"aggregation.minSilos: {self.aggregation.min_silos} exceeds the "

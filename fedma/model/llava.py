@@ -31,8 +31,10 @@ def _freeze(module: nn.Module) -> None:
 
 @dataclass
 class Batch:
-    input_ids: torch.Tensor  # [B, T] caption tokens, right-padded
+    input_ids: torch.Tensor  # [B, T] caption tokens, right-padded, on the model's device
     attention_mask: torch.Tensor  # [B, T]
+    # Caption tokens per sample, counted on the CPU before the move (no device sync).
+    lengths: list[int]
 
 
 class AlignmentModel(nn.Module):
@@ -65,14 +67,25 @@ class AlignmentModel(nn.Module):
         return self
 
     # -- inputs -----------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Where the step runs: the projector's device (under DeepSpeed, the engine's)."""
+        return next(self.projector.parameters()).device
+
     def tokenize(self, captions: list[str]) -> Batch:
+        """Caption tokens on the model's device (the tokenizer builds them on the CPU)."""
         enc = self.tokenizer(captions, return_tensors="pt", padding=True, truncation=True,
                              max_length=self.max_caption_tokens, add_special_tokens=False)
-        return Batch(enc["input_ids"], enc["attention_mask"])
+        device = self.device
+        return Batch(enc["input_ids"].to(device), enc["attention_mask"].to(device),
+                     [int(n) for n in enc["attention_mask"].sum(1)])
 
     @torch.no_grad()
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.vision_adapter.features(pixels)
+        """Vision features of ``pixels`` (built on the CPU by the data loader)."""
+        dtype = next((p.dtype for p in self.vision.parameters() if p.is_floating_point()),
+                     pixels.dtype)
+        return self.vision_adapter.features(pixels.to(self.device, dtype, non_blocking=True))
 
     # -- forward ----------------------------------------------------------------------------
     def _hidden(self, features: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -104,7 +117,9 @@ class AlignmentModel(nn.Module):
         x = torch.cat([proj.to(emb.dtype), emb], dim=1)
         n_img = proj.shape[1]
         mask = torch.cat([torch.ones(batch.attention_mask.shape[0], n_img,
-                                     dtype=batch.attention_mask.dtype), batch.attention_mask], 1)
+                                     dtype=batch.attention_mask.dtype,
+                                     device=batch.attention_mask.device),
+                          batch.attention_mask], 1)
         return self.lm.base_model(inputs_embeds=x, attention_mask=mask).last_hidden_state, n_img
 
     def _proj_dtype(self) -> torch.dtype:
@@ -122,29 +137,57 @@ class AlignmentModel(nn.Module):
         h = self._caption_positions(*self.run_embedded(proj, batch), batch)
         return self._token_nll(self.lm.get_output_embeddings()(h).float(), batch)
 
-    def loss(self, features: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, int]:
+    def loss(self, features: torch.Tensor, captions: list[str] | Batch
+             ) -> tuple[torch.Tensor, int]:
         """Mean next-token loss over caption tokens only; returns (loss, token count)."""
-        batch = self.tokenize(captions)
+        total, n = self.nll_sum(features, captions)
+        return total / max(n, 1), n
+
+    def nll_sum(self, features: torch.Tensor, captions: list[str] | Batch,
+                keep: int | None = None) -> tuple[torch.Tensor, int]:
+        """Summed next-token NLL over the caption tokens of the first ``keep`` samples (all by
+        default), and their token count. A rank of a multi-GPU step weights its share by
+        tokens with it; a rank with nothing left to train on runs a sample with ``keep=0``, so
+        it enters the same collectives and contributes no gradient."""
+        batch = captions if isinstance(captions, Batch) else self.tokenize(captions)
         h = self._hidden(features, batch)
         logits = self.lm.get_output_embeddings()(h).float()
         labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                               ignore_index=-100)
-        return loss, int(batch.attention_mask.sum())
+        if keep is not None:
+            labels[keep:] = -100
+        total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                ignore_index=-100, reduction="sum")
+        return total, sum(batch.lengths[:keep])
 
     def set_proximal(self, mu: float) -> None:
         """FedProx: from now on, penalise distance from the projector's current weights."""
         self.prox_mu = mu
         self.prox_ref = {n: p.detach().clone() for n, p in self.projector.named_parameters()}
 
-    def forward(self, pixels: torch.Tensor, captions: list[str]) -> torch.Tensor:
-        """Training loss for a batch of images and captions (what an engine calls)."""
-        loss = self.loss(self.image_features(pixels), captions)[0]
+    def forward(self, pixels: torch.Tensor, captions: list[str] | Batch,
+                keep: int | None = None, tokens: float | None = None) -> torch.Tensor:
+        """Training loss for a batch of images and captions (what an engine calls).
+
+        The mean over this batch's caption tokens; with ``tokens`` (a multi-rank step), the
+        summed NLL of the first ``keep`` samples divided by ``tokens``, so that ranks that
+        average their gradients get the gradient of the mean over every rank's tokens.
+        """
+        features = self.image_features(pixels)
+        if tokens is None:
+            loss = self.loss(features, captions)[0]
+        else:
+            loss = self.nll_sum(features, captions, keep)[0] / tokens
         if self.prox_mu > 0:
-            prox = sum((p - self.prox_ref[n]).pow(2).sum()
+            prox = sum((p - self._prox_ref(n, p)).pow(2).sum()
                        for n, p in self.projector.named_parameters())
             loss = loss + 0.5 * self.prox_mu * prox
         return loss
+
+    def _prox_ref(self, name: str, p: torch.Tensor) -> torch.Tensor:
+        ref = self.prox_ref[name]
+        if ref.device != p.device:  # set on the CPU, then the engine moved the projector
+            ref = self.prox_ref[name] = ref.to(p.device)
+        return ref
 
     @torch.no_grad()
     def choice_scores(self, features: torch.Tensor, choices: list[list[str]]) -> torch.Tensor:
@@ -166,10 +209,10 @@ class AlignmentModel(nn.Module):
             # be exact; _single_token_suffixes checked that.
             h, n_img = self._run(features, batch)
             idx = n_img + batch.attention_mask.sum(1) - 1  # the last prefix token's position
-            h_last = h[torch.arange(h.shape[0]), idx]
+            h_last = h[torch.arange(h.shape[0], device=h.device), idx]
             logits = self.lm.get_output_embeddings()(h_last).float()
             lp = torch.log_softmax(logits, -1)
-            return lp.gather(1, last)
+            return lp.gather(1, last.to(lp.device))
         flat = [c for cs in choices for c in cs]
         k = next(iter(n_choices))
         feats = features.repeat_interleave(k, dim=0)
@@ -197,9 +240,10 @@ class AlignmentModel(nn.Module):
             return loss * n, n, self.choice_scores(features, choices)
         logits = self.lm.get_output_embeddings()(self._hidden(features, batch)).float()
         last = batch.attention_mask.sum(1) - 1
-        lp = torch.log_softmax(logits[torch.arange(len(captions)), last], -1)
-        return self._token_nll(logits, batch).sum(), int(batch.attention_mask.sum()), \
-            lp.gather(1, fast[1])
+        lp = torch.log_softmax(logits[torch.arange(len(captions), device=logits.device), last],
+                               -1)
+        return self._token_nll(logits, batch).sum(), sum(batch.lengths), \
+            lp.gather(1, fast[1].to(lp.device))
 
     def _single_token_suffixes(self, choices: list[list[str]]):
         prefixes, lasts = [], []

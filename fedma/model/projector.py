@@ -24,7 +24,8 @@ def build_projector(kind: str, vision_dim: int, text_dim: int, seed: int = 0) ->
 
 
 def projector_state(projector: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone().float() for k, v in projector.state_dict().items()}
+    """The projector's weights as float32 CPU tensors (what is saved and travels)."""
+    return {k: v.detach().float().cpu().clone() for k, v in projector.state_dict().items()}
 
 
 def load_projector_state(projector: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

@@ -52,13 +52,29 @@ def round_shard(n: int, seed: int, silo: str, round_index: int, rounds_per_pass:
 
 
 def batches(records: Sequence[Record], vision: VisionEncoder, batch_size: int,
-            manifest: str | Path, rank: int = 0, world: int = 1
-            ) -> Iterator[tuple[torch.Tensor, list[str]]]:
-    """Preprocessed pixels and captions, ``batch_size`` samples per step across ``world`` ranks
-    (each rank takes its own slice of every global batch)."""
+            manifest: str | Path) -> Iterator[tuple[torch.Tensor, list[str]]]:
+    """Preprocessed pixels (on the CPU) and captions, ``batch_size`` samples per step."""
+    for pixels, captions, _ in rank_batches(records, vision, batch_size, manifest):
+        yield pixels, captions
+
+
+def rank_batches(records: Sequence[Record], vision: VisionEncoder, batch_size: int,
+                 manifest: str | Path, rank: int = 0, world: int = 1
+                 ) -> Iterator[tuple[torch.Tensor, list[str], int]]:
+    """``(pixels, captions, keep)`` for this rank's slice of each global batch of
+    ``batch_size`` samples; the first ``keep`` samples count.
+
+    Every rank yields one item per global batch, so every rank takes the same number of
+    steps: a rank that skipped one (a short last batch with fewer samples than ranks) would
+    leave the others waiting in its collectives until the NCCL timeout. A rank whose slice is
+    empty gets the global batch's first sample with ``keep = 0``: it runs the forward and
+    backward, and its loss contributes nothing.
+    """
     for start in range(0, len(records), batch_size):
-        chunk = list(records[start : start + batch_size])[rank::world]
+        whole = list(records[start : start + batch_size])
+        chunk = whole[rank::world]
+        keep = len(chunk)
         if not chunk:
-            continue
+            chunk = whole[:1]
         pixels = torch.stack([vision.preprocess(load_image(r, manifest)) for r in chunk])
-        yield pixels, [r.caption for r in chunk]
+        yield pixels, [r.caption for r in chunk], keep

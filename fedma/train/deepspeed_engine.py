@@ -59,16 +59,26 @@ def ds_config(spec: TrainingSpec, world: int) -> dict[str, Any]:
         "gradient_accumulation_steps": 1,
         "gradient_clipping": spec.max_grad_norm,  # DeepSpeed's 0 is off, as ours
         "zero_optimization": {"stage": spec.deepspeed.zero_stage},
-        "bf16": {"enabled": spec.deepspeed.bf16},
+        # Off whatever training.precision says: DeepSpeed's bf16 casts every parameter, the
+        # projector's too, and builds the optimiser's float32 copy from the rounded weights,
+        # so each silo's delta would carry the same rounding offset. fedma.train.device casts
+        # the frozen backbones instead; the projector, its gradients and the update stay fp32.
+        "bf16": {"enabled": False},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
 
 
-def train(model: AlignmentModel, data: Iterable[tuple[torch.Tensor, list[str]]],
+def train(model: AlignmentModel, data: Iterable[tuple[torch.Tensor, list[str], int]],
           spec: TrainingSpec, max_steps: int, progress: Progress | None = None
           ) -> tuple[int, float, dict[str, torch.Tensor], dict[str, Any]]:
-    """Returns (steps, mean loss, gathered projector state, partition report)."""
+    """Returns (steps, mean loss, gathered projector state, partition report).
+
+    ``data`` is this rank's :func:`fedma.train.batches.rank_batches`: one item per global
+    batch on every rank. Each rank's loss is its summed caption NLL over the global batch's
+    mean tokens per rank, so the averaged gradient is that of the mean over all the global
+    batch's caption tokens, however unevenly a short batch splits.
+    """
     import deepspeed
 
     rank, world = init_distributed()
@@ -82,12 +92,13 @@ def train(model: AlignmentModel, data: Iterable[tuple[torch.Tensor, list[str]]],
                                       config=ds_config(spec, world))
     engine.train()
     steps, total = 0, 0.0
-    for pixels, captions in data:
+    for pixels, captions, keep in data:
         if max_steps and steps >= max_steps:
             break
-        if spec.deepspeed.bf16:
-            pixels = pixels.to(torch.bfloat16)
-        loss = engine(pixels, captions)
+        batch = model.tokenize(captions)  # on the engine's device
+        tokens = torch.tensor([float(sum(batch.lengths[:keep]))], device=model.device)
+        torch.distributed.all_reduce(tokens)
+        loss = engine(pixels, batch, keep=keep, tokens=tokens.clamp(min=1) / world)
         engine.backward(loss)
         engine.step()
         mean = loss.detach().float().clone()
@@ -102,7 +113,7 @@ def train(model: AlignmentModel, data: Iterable[tuple[torch.Tensor, list[str]]],
 
     params = list(model.projector.named_parameters())
     with deepspeed.zero.GatheredParameters([p for _, p in params], modifier_rank=None):
-        state = {n: p.detach().float().clone() for n, p in params}
+        state = {n: p.detach().float().cpu().clone() for n, p in params}
     report = partition_report(model, rank, world)
     return steps, total / max(steps, 1), state, report
 

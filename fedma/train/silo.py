@@ -25,7 +25,8 @@ from fedma.spec import FederatedRound
 from fedma.store import ArtifactError, Store, global_rel, update_rel
 from fedma.telemetry import TrainerMetrics, metrics_port
 from fedma.termination import write as write_termination
-from fedma.train.batches import batches, round_shard, silo_records, stable_seed
+from fedma.train.batches import batches, rank_batches, round_shard, silo_records, stable_seed
+from fedma.train.device import place, silo_device, use_bf16
 
 log = logging.getLogger("fedma.train")
 def load_input(store: Store, rnd: FederatedRound) -> tuple[dict[str, torch.Tensor] | None, str]:
@@ -139,17 +140,21 @@ def train_silo(rnd: FederatedRound, silo_name: str, *, termination_log: str | No
             last_report[0] = time.perf_counter()
 
     partition: dict[str, Any] | None = None
+    device = silo_device()
+    bf16 = use_bf16(spec.training.precision, device)
     if engine == "deepspeed":
         from fedma.train import deepspeed_engine
 
         rank, world = deepspeed_engine.init_distributed()
-        data = batches(chosen, model.vision_adapter, spec.training.batch_size, silo.data.path,
-                       rank=rank, world=world)
+        place(model, None, bf16)  # DeepSpeed partitions the module and moves it to the GPU
+        data = rank_batches(chosen, model.vision_adapter, spec.training.batch_size,
+                            silo.data.path, rank=rank, world=world)
         steps, loss, state, partition = deepspeed_engine.train(
             model, data, spec.training, spec.training.max_steps_per_round, report)
     else:
         from fedma.train import torch_engine
 
+        place(model, device, bf16)
         data = batches(chosen, model.vision_adapter, spec.training.batch_size, silo.data.path)
         steps, loss = torch_engine.train(model, data, spec.training,
                                          spec.training.max_steps_per_round, report)
@@ -157,7 +162,8 @@ def train_silo(rnd: FederatedRound, silo_name: str, *, termination_log: str | No
 
     samples = min(len(chosen), steps * spec.training.batch_size)
     summary: dict[str, Any] = {"silo": silo.name, "round": spec.round, "status": "Succeeded",
-                               "samples": samples, "steps": steps, "loss": round(loss, 6)}
+                               "samples": samples, "steps": steps, "loss": round(loss, 6),
+                               "device": device.type, "precision": "bf16" if bf16 else "fp32"}
     if partition is not None:
         summary["zero"] = partition
     if rank != 0:
@@ -170,7 +176,7 @@ def train_silo(rnd: FederatedRound, silo_name: str, *, termination_log: str | No
         "kind": "silo-update", "training": spec.training_name, "round": spec.round,
         "silo": silo.name, "samples": samples, "steps": steps, "loss": loss,
         "base_digest": base, "fingerprints": fingerprints, "engine": engine,
-        "encoding": encoding,
+        "encoding": encoding, "device": device.type, "precision": summary["precision"],
     })
     summary.update(update=ref.as_dict(), seconds=round(time.perf_counter() - t0, 3))
     write_termination(termination_log, summary)

@@ -94,6 +94,12 @@ def test_the_cel_rules_refuse_what_the_types_refuse(hub, ns):
     dp = create(hub, round_body("dp", aggregation={
         "privacy": {"noiseMultiplier": 1.0, "clipNorm": 1.0}, "robust": {"maxUpdateNorm": 5.0}}))
     assert "maxUpdateNorm is not allowed with central DP" in dp.stderr, dp.stderr
+    gpus = round_body("gpus")
+    gpus["spec"]["silos"][1]["gpus"] = 2
+    out = create(hub, gpus)  # the torch engine (the default) trains on one device
+    assert "silos[].gpus above 1 needs training.engine deepspeed" in out.stderr, out.stderr
+    gpus["spec"]["training"] = {"engine": "deepspeed"}
+    assert create(hub, gpus, "--dry-run=server").returncode == 0
     dup = round_body("dup")
     dup["spec"]["silos"][1]["name"] = "silo-1"
     out = create(hub, dup)

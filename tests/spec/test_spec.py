@@ -137,6 +137,22 @@ def test_fedprox_with_zero3_is_refused_naming_the_field():
     assert "spec.training: training.proximalMu: not supported with deepspeed.zeroStage 3" in msg
 
 
+def test_several_gpus_need_the_deepspeed_engine_naming_the_silo():
+    import copy
+
+    obj = copy.deepcopy(BASE)
+    obj["spec"]["silos"][1]["gpus"] = 4
+    msg = error_for(obj)
+    name = obj["spec"]["silos"][1]["name"]
+    assert "silos[1].gpus: 4 GPUs need training.engine deepspeed" in msg, msg
+    assert name in msg
+    obj["spec"]["training"] = {"engine": "deepspeed"}
+    assert parse(obj).spec.silos[1].gpus == 4
+    obj["spec"]["training"] = {"engine": "torch"}
+    obj["spec"]["silos"][1]["gpus"] = 1
+    assert parse(obj).spec.silos[1].gpus == 1
+
+
 def test_fedprox_strategy_needs_a_proximal_term():
     msg = error_for(with_change("spec.aggregation", {"strategy": "fedprox"}))
     assert "training.proximalMu: must be > 0 with aggregation.strategy fedprox" in msg

@@ -1,0 +1,53 @@
+"""Where a silo rank trains and in what precision: the pod's GPU when it has one.
+
+A silo Job that requests ``nvidia.com/gpu`` must train there; one without trains on the CPU.
+On a GPU the frozen backbones run in bfloat16 (half the memory and the tensor-core rate;
+they are never updated, so there is no master copy to keep) while the projector stays in
+float32: its optimiser updates full-precision weights, and the update that travels is those
+weights, with no bfloat16 rounding offset shared by every silo's delta. TF32 is allowed for
+the float32 matmuls that remain (the projector).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from fedma.model.llava import AlignmentModel
+
+
+def silo_device() -> torch.device:
+    """This rank's device: ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    torch.cuda.set_device(local)
+    # float32 matmuls (the projector's) on TF32 tensor cores; convolutions already default to it.
+    torch.set_float32_matmul_precision("high")
+    return torch.device("cuda", local)
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """``training.precision``: ``auto`` is bfloat16 backbones on a GPU and float32 on a CPU."""
+    if precision == "auto":
+        return device.type == "cuda"
+    return precision == "bf16"
+
+
+def place(model: AlignmentModel, device: torch.device | None, bf16: bool) -> AlignmentModel:
+    """Move the model to ``device``; in bf16, cast only the frozen backbones' parameters.
+
+    Buffers keep their dtype (a rotary ``inv_freq`` rounded to bfloat16 would shift every
+    position's angle; DeepSpeed's own bf16 cast makes the same exception).
+
+    The DeepSpeed engine calls this with ``device`` left to DeepSpeed (it partitions and
+    moves the module itself): only the cast happens then.
+    """
+    if bf16:
+        for p in [*model.vision.parameters(), *model.lm.parameters()]:
+            if p.is_floating_point():
+                p.data = p.data.to(torch.bfloat16)
+    if device is not None:
+        model.to(device)
+    return model

@@ -51,7 +51,7 @@ def build_tiny_models(root: Path) -> dict[str, Any]:
     import torch
     from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
-    from fedma.model.fingerprint import fingerprint
+    from fedma.model.fingerprint import fingerprint_weights
 
     torch.manual_seed(0)
     vision = CLIPVisionModel(CLIPVisionConfig(
@@ -65,9 +65,8 @@ def build_tiny_models(root: Path) -> dict[str, Any]:
     lm.save_pretrained(root / "lm")
     _tokenizer(root / "lm")
     return {"vision": root / "vision", "lm": root / "lm",
-            "vision_fp": fingerprint(vision.vision_model if hasattr(vision, "vision_model")
-                                     else vision),
-            "lm_fp": fingerprint(lm)}
+            "vision_fp": fingerprint_weights(root / "vision"),
+            "lm_fp": fingerprint_weights(root / "lm")}
 
 
 def make_silo_data(folder: Path, n: int, seed: int = 0, choices: bool = False) -> Path:

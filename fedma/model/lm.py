@@ -10,8 +10,9 @@ import torch
 from safetensors.torch import save_file
 
 
-def load_language_model(path: str, gguf_file: str | None = None):
-    """Returns ``(model, tokenizer)`` from local files only."""
+def load_language_model(path: str, gguf_file: str | None = None,
+                        dtype: torch.dtype = torch.float32):
+    """Returns ``(model, tokenizer)`` from local files only, the weights in ``dtype``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not Path(path).is_dir():
@@ -20,7 +21,7 @@ def load_language_model(path: str, gguf_file: str | None = None):
     tok = AutoTokenizer.from_pretrained(path, **kwargs)
     # Weights from safetensors (or GGUF) only: a pytorch_model.bin is a pickle, and is refused.
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch.float32, **(kwargs or {"use_safetensors": True}))
+        path, dtype=dtype, **(kwargs or {"use_safetensors": True}))
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return model, tok

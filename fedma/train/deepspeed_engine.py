@@ -69,8 +69,30 @@ def ds_config(spec: TrainingSpec, world: int) -> dict[str, Any]:
     }
 
 
+def zero3_loading(spec: TrainingSpec, world: int, bf16: bool) -> object | None:
+    """Under ZeRO-3, the config that makes the backbones load straight into partitions.
+
+    While this object lives, transformers' ``from_pretrained`` builds the model under
+    ``deepspeed.zero.Init`` and loads the checkpoint one module at a time into each rank's
+    ``1/world`` partition (rank 0 reads each tensor, gathered only for its own module), and
+    fedma's EfficientNet loader does the same: no rank ever holds the whole frozen model.
+    transformers keeps only a weak reference, so the caller must keep it as long as the
+    model. Its ``bf16`` is the dtype of the frozen partitions; the engine's own config keeps
+    bf16 off (see :func:`ds_config`). ``None`` below stage 3, which does not partition
+    parameters.
+    """
+    if spec.deepspeed.zero_stage != 3:
+        return None
+    from transformers.integrations import HfDeepSpeedConfig
+
+    cfg = ds_config(spec, world)
+    cfg["bf16"] = {"enabled": bf16}
+    return HfDeepSpeedConfig(cfg)
+
+
 def train(model: AlignmentModel, data: Iterable[tuple[torch.Tensor, list[str], int]],
-          spec: TrainingSpec, max_steps: int, progress: Progress | None = None
+          spec: TrainingSpec, max_steps: int, progress: Progress | None = None,
+          load_peak_bytes: int | None = None
           ) -> tuple[int, float, dict[str, torch.Tensor], dict[str, Any]]:
     """Returns (steps, mean loss, gathered projector state, partition report).
 
@@ -114,12 +136,14 @@ def train(model: AlignmentModel, data: Iterable[tuple[torch.Tensor, list[str], i
     params = list(model.projector.named_parameters())
     with deepspeed.zero.GatheredParameters([p for _, p in params], modifier_rank=None):
         state = {n: p.detach().float().cpu().clone() for n, p in params}
-    report = partition_report(model, rank, world)
+    report = partition_report(model, rank, world, load_peak_bytes)
     return steps, total / max(steps, 1), state, report
 
 
-def partition_report(model: AlignmentModel, rank: int, world: int) -> dict[str, Any]:
-    """How many frozen-backbone elements each rank holds, gathered on every rank."""
+def partition_report(model: AlignmentModel, rank: int, world: int,
+                     load_peak_bytes: int | None = None) -> dict[str, Any]:
+    """How many frozen-backbone elements each rank holds, and the host memory its backbone
+    load peaked at (fedma.train.memory), gathered on every rank."""
     local = total = 0
     for module in (model.vision, model.lm):
         for p in module.parameters():
@@ -129,7 +153,8 @@ def partition_report(model: AlignmentModel, rank: int, world: int) -> dict[str, 
             else:
                 local += p.numel()
                 total += p.numel()
-    per_rank: list[int] = [0] * world
-    torch.distributed.all_gather_object(per_rank, local)
+    per_rank: list[tuple[int, int | None]] = [(0, None)] * world
+    torch.distributed.all_gather_object(per_rank, (local, load_peak_bytes))
     return {"world_size": world, "frozen_elements_total": total,
-            "frozen_elements_per_rank": per_rank}
+            "frozen_elements_per_rank": [n for n, _ in per_rank],
+            "load_peak_bytes_per_rank": [b for _, b in per_rank]}

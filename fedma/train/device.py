@@ -46,7 +46,8 @@ def place(model: AlignmentModel, device: torch.device | None, bf16: bool) -> Ali
     """
     if bf16:
         for p in [*model.vision.parameters(), *model.lm.parameters()]:
-            if p.is_floating_point():
+            # ZeRO-3 partitions were loaded in their dtype already (zero3_loading).
+            if p.is_floating_point() and not hasattr(p, "ds_id"):
                 p.data = p.data.to(torch.bfloat16)
     if device is not None:
         model.to(device)

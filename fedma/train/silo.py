@@ -27,6 +27,7 @@ from fedma.telemetry import TrainerMetrics, metrics_port
 from fedma.termination import write as write_termination
 from fedma.train.batches import batches, rank_batches, round_shard, silo_records, stable_seed
 from fedma.train.device import place, silo_device, use_bf16
+from fedma.train.memory import LoadPeak
 
 log = logging.getLogger("fedma.train")
 def load_input(store: Store, rnd: FederatedRound) -> tuple[dict[str, torch.Tensor] | None, str]:
@@ -120,7 +121,18 @@ def train_silo(rnd: FederatedRound, silo_name: str, *, termination_log: str | No
         raise data_error(bad)
 
     initial, _ = load_input(store, rnd)
-    model = load_alignment_model(spec.model, projector_seed=spec.training.seed)
+    device = silo_device()
+    bf16 = use_bf16(spec.training.precision, device)
+    zero3 = None
+    if engine == "deepspeed":
+        from fedma.train import deepspeed_engine
+
+        rank, world = deepspeed_engine.init_distributed()
+        zero3 = deepspeed_engine.zero3_loading(spec.training, world, bf16)
+    with LoadPeak() as load_peak:
+        model = load_alignment_model(spec.model, projector_seed=spec.training.seed,
+                                     dtype=torch.bfloat16 if bf16 else torch.float32)
+    model.zero3_config = zero3  # alive as long as the model: see zero3_loading
     if initial is None:
         initial, base = seeded_initial(store, rnd, model.projector, rank)
         load_projector_state(model.projector, initial, source=store.uri(global_rel(
@@ -140,17 +152,13 @@ def train_silo(rnd: FederatedRound, silo_name: str, *, termination_log: str | No
             last_report[0] = time.perf_counter()
 
     partition: dict[str, Any] | None = None
-    device = silo_device()
-    bf16 = use_bf16(spec.training.precision, device)
     if engine == "deepspeed":
-        from fedma.train import deepspeed_engine
-
-        rank, world = deepspeed_engine.init_distributed()
         place(model, None, bf16)  # DeepSpeed partitions the module and moves it to the GPU
         data = rank_batches(chosen, model.vision_adapter, spec.training.batch_size,
                             silo.data.path, rank=rank, world=world)
         steps, loss, state, partition = deepspeed_engine.train(
-            model, data, spec.training, spec.training.max_steps_per_round, report)
+            model, data, spec.training, spec.training.max_steps_per_round, report,
+            load_peak_bytes=load_peak.bytes)
     else:
         from fedma.train import torch_engine
 

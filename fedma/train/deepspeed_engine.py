@@ -133,10 +133,16 @@ def train(model: AlignmentModel, data: Iterable[tuple[torch.Tensor, list[str], i
         if progress and rank == 0:
             progress(steps, float(mean))
 
+    # Frozen parameters ZeRO-3 should have released (all but those under its persistence
+    # threshold, kept whole on purpose) and that are still gathered after the last step.
+    gathered = sum(1 for m in (model.vision, model.lm) for p in m.parameters()
+                   if hasattr(p, "ds_status") and not p.ds_persist
+                   and p.ds_status.name != "NOT_AVAILABLE")
     params = list(model.projector.named_parameters())
     with deepspeed.zero.GatheredParameters([p for _, p in params], modifier_rank=None):
         state = {n: p.detach().float().cpu().clone() for n, p in params}
     report = partition_report(model, rank, world, load_peak_bytes)
+    report["frozen_gathered_after_training"] = gathered
     return steps, total / max(steps, 1), state, report
 
 

@@ -139,6 +139,8 @@ def train_silo(rnd: FederatedRound, silo_name: str, *, termination_log: str | No
             spec.training_name, 0)))
     else:
         load_projector_state(model.projector, initial, source=spec.input.uri)  # type: ignore[union-attr]
+    if spec.training.activation_checkpointing:
+        model.enable_checkpointing()
     if spec.training.proximal_mu > 0:
         model.set_proximal(spec.training.proximal_mu)
     torch.manual_seed(stable_seed(spec.training.seed, silo.name, spec.round))

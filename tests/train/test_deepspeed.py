@@ -137,3 +137,21 @@ def test_zero3_loads_into_partitions_and_no_rank_holds_the_whole_model(tmp_path,
     # the partition it is written back to), never the whole of it.
     assert all(b < 0.5 * size + 3 * largest for b in shares), (shares, size)
     assert all(b < 0.8 * alone for b in shares), (shares, alone)
+
+
+def test_zero3_with_activation_checkpointing_trains_the_same_and_releases_the_backbones(
+        tmp_path, wide_models):
+    # Upstream: ZeRO-3 + frozen parameters + activation checkpointing crashed up to DeepSpeed
+    # 0.19.2 and, from 0.19.3, left frozen parameters gathered after the recompute, which
+    # cancels ZeRO-3's saving. The step must run, give the step without checkpointing, and
+    # leave every frozen parameter partitioned.
+    # The wide LM: ZeRO-3 keeps parameters under 1e5 elements whole (all of the tiny ones).
+    plain, w_plain = run_silo(tmp_path, wide_models, "plain", 2, n=8)
+    ckpt, w_ckpt = run_silo(tmp_path, wide_models, "ckpt", 2, n=8,
+                            activationCheckpointing=True)
+    assert ckpt["steps"] == plain["steps"] == 2
+    assert abs(ckpt["loss"] - plain["loss"]) < 1e-5
+    for k in w_plain:
+        assert torch.allclose(w_plain[k], w_ckpt[k], atol=1e-6), k
+    assert plain["zero"]["frozen_gathered_after_training"] == 0
+    assert ckpt["zero"]["frozen_gathered_after_training"] == 0, ckpt["zero"]

@@ -43,7 +43,7 @@ def test_every_input_of_the_step_is_built_on_the_models_device(tmp_path, tiny_mo
     assert scores.device.type == "meta" and scores.shape == (2, 2)
 
 
-def test_bf16_casts_only_the_frozen_backbones_parameters(tmp_path, tiny_models):
+def test_bf16_casts_only_the_frozen_backbones(tmp_path, tiny_models):
     model = tiny_model(tmp_path, tiny_models)
     with torch.no_grad():
         fp32_loss = float(model(torch.randn(3, 3, 32, 32,
@@ -105,3 +105,34 @@ def test_every_rank_takes_the_same_steps_and_each_sample_counts_once(tmp_path, n
     assert sorted(counted) == sorted(r.caption for r in records)
     assert all(len(caps) >= 1 and pixels.shape[0] == len(caps)
                for r in per_rank for pixels, caps, _ in r)
+
+
+def test_activation_checkpointing_recomputes_the_lm_layers_in_backward(tmp_path, tiny_models):
+    def layer_calls(checkpointing: bool) -> tuple[int, dict[str, torch.Tensor]]:
+        model = tiny_model(tmp_path / str(checkpointing), tiny_models)
+        if checkpointing:
+            model.enable_checkpointing()
+        model.train()
+        calls = [0]
+        # A module inside the layer: transformers checkpoints the layer's forward, so hooks on
+        # the layer itself run once either way.
+        layer = model.lm.model.layers[0].self_attn
+        layer.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+        pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        model(pixels, CAPTIONS).backward()
+        assert not any(m.training for m in model.lm.modules()
+                       if not getattr(m, "gradient_checkpointing", False))  # dropout stays off
+        return calls[0], {n: p.grad for n, p in model.projector.named_parameters()}
+
+    plain, grads = layer_calls(False)
+    recomputed, grads_ckpt = layer_calls(True)
+    assert (plain, recomputed) == (1, 2)
+    for n in grads:
+        assert torch.allclose(grads[n], grads_ckpt[n], atol=1e-6), n
+
+
+def test_a_vision_tower_with_batch_norm_stays_fp32():
+    from fedma.train.device import keeps_fp32
+
+    assert keeps_fp32(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)))
+    assert not keeps_fp32(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4)))

@@ -180,6 +180,43 @@ def zero_section(lines: list[str]) -> None:
     lines.append("")
 
 
+def gpu_section(lines: list[str]) -> None:
+    """From a lent GPU's run of bench/gpu.py (its own date, device and versions: it is not
+    part of the CPU run the rest of this page comes from)."""
+    res = load("gpu.json")
+    lines += ["## On a GPU (`bench/gpu.py`)", ""]
+    if not res:
+        lines += ["Not run: no GPU has been lent to this project's sessions yet. `python "
+                  "bench/gpu.py` is the prepared check (what it measures and how to run it on "
+                  "a lent machine: [gpu.md](gpu.md)); CI runs it at tiny shapes on the CPU "
+                  "(`--device cpu --tiny`), which times nothing worth reporting.", ""]
+        return
+    v, lv = res["versions"], res["llava"]
+    lines += [f"Run {res['date']} on {v.get('gpu', res['device'])} (torch {v['torch']}, CUDA "
+              f"{v.get('cuda')}, transformers {v.get('transformers')}, DeepSpeed "
+              f"{v.get('deepspeed', 'absent')}); a separate run from the CPU figures above.",
+              "", "| smoke: `fedma train-silo` | device | precision | steps | loss | s |",
+              "|---|---|---|---|---|---|"]
+    for r in res.get("smoke", []):
+        lines.append(f"| {r['engine']} ({r['vision']} + {r['lm']}) | {r.get('device')} | "
+                     f"{r.get('precision')} | {r.get('steps')} | {r.get('loss')} | "
+                     f"{r['seconds']} |" if "error" not in r else
+                     f"| {r['engine']} | failed | | | | {r['seconds']} |")
+    med, mem = lv["median_samples_per_s"], lv["peak_memory_bytes"]
+    lines += ["", f"{lv['shapes']}, {lv['dtype']}, batch {lv['batch']}, {lv['image_tokens']} "
+              f"image + {lv['caption_tokens']} caption tokens, {lv['blocks']} alternating "
+              f"blocks of {lv['steps_per_block']} steps:", "",
+              "| | fedma | transformers |", "|---|---|---|",
+              f"| samples/s (median) | {med['fedma']:.2f} | {med['transformers']:.2f} |",
+              f"| peak GPU memory | {fmt(mem['fedma'] or 0)}B | {fmt(mem['transformers'] or 0)}B |",
+              "", f"Speed-up {lv['speedup']:.2f}× (target 1.5×). bf16 matmul peak measured in "
+              f"the run: {res['bf16_matmul_peak_flops'] / 1e12:.0f} TFLOP/s; the whole step "
+              f"{lv['achieved_flops'] / 1e12:.0f} TFLOP/s ({lv['step_fraction_of_peak']:.0%}); "
+              f"the LM's forward and input-gradient backward alone "
+              f"{lv['lm_achieved_flops'] / 1e12:.0f} TFLOP/s ({lv['lm_fraction_of_peak']:.0%}, "
+              f"target 40 %).", ""]
+
+
 def comm_section(lines: list[str]) -> None:
     res = load("comm.json")
     lines += ["## Wire (`bench/comm.py`)", ""]
@@ -279,6 +316,7 @@ def main() -> int:
     train_section(lines)
     aggregate_section(lines)
     zero_section(lines)
+    gpu_section(lines)
     operator_section(lines)
     comm_section(lines)
     load_section(lines)

@@ -145,14 +145,14 @@ def flops_per_sample(ours: Any, n_img: int, caption_tokens: float, vocab: int) -
 
 
 def gradient_agreement(ours: Any, base: Any, tok: Any, px: torch.Tensor, caps: list[str],
-                       n_img: int) -> float:
+                       n_img: int, step: Any = None) -> float:
     """‖g_ours − g_baseline‖ / ‖g_ours‖ of the projector gradient on one batch, both models at
     the same weights: the two compute the same function (AdamW then amplifies float
     rounding in near-zero gradient components, so loss curves drift apart by ~1e-2)."""
     for m in (ours.projector, base.model.multi_modal_projector):
         m.zero_grad(set_to_none=True)
     ours(px, caps).backward()
-    baseline_step(base, tok, px, caps, n_img).backward()
+    (step or baseline_step)(base, tok, px, caps, n_img).backward()
     pr = base.model.multi_modal_projector
     g1 = torch.cat([q.grad.reshape(-1) for q in ours.projector.parameters()])
     g2 = torch.cat([q.grad.reshape(-1) for q in (pr.linear_1.weight, pr.linear_1.bias,

@@ -1,28 +1,36 @@
 # syntax=docker/dockerfile:1
-# Silo training and aggregation Jobs: torch (CUDA) + DeepSpeed with its fused ops prebuilt, so
-# nothing compiles at run time on a read-only root filesystem.
+# Silo training and aggregation Jobs: torch (CUDA) + DeepSpeed.
 #   docker build -f images/trainer.Dockerfile -t ghcr.io/fedma/trainer:0.1.0 .
-FROM nvidia/cuda:12.8.1-cudnn-devel-ubuntu24.04 AS build
+#
+# CUDA comes with the torch wheel (its runtime, cuBLAS, cuDNN and NCCL as pip packages); the
+# only CUDA the node provides is its driver (>= 580 for CUDA 13.0). So the base is plain
+# Ubuntu, and the one CUDA flavour in the image is the wheel's, pinned and checked below.
+# DeepSpeed is installed without prebuilt ops (DS_BUILD_OPS=0): fedma's engines give it a
+# torch AdamW, and ZeRO-3 as fedma uses it needs no compiled op, so nothing builds here (a
+# pip build runs in an isolated environment without torch, where DS_BUILD_* flags silently
+# build nothing) and nothing compiles at run time on the read-only root filesystem.
+FROM ubuntu:24.04 AS build
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # Ubuntu's archive drops superseded versions, so exact apt pins break rebuilds; the base image
 # tag pins the release and Python comes from it.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3.12 python3.12-venv python3.12-dev \
+ && apt-get install -y --no-install-recommends python3.12 python3.12-venv \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 COPY fedma ./fedma
 COPY operator ./operator
-# torch first (its PyPI Linux wheel is the CUDA build), then the project with the DeepSpeed and
-# S3 extras; FusedAdam and the CPU Adam are compiled here, against the devel toolkit.
-ENV DS_BUILD_FUSED_ADAM=1 DS_BUILD_CPU_ADAM=1 TORCH_CUDA_ARCH_LIST="8.0;8.6;8.9;9.0"
+ENV DS_BUILD_OPS=0 TORCH_CUDA_FLAVOUR=cu130
 RUN python3.12 -m venv /opt/fedma \
- && /opt/fedma/bin/pip install -c constraints.txt torch==2.13.0 \
+ && /opt/fedma/bin/pip install --index-url https://download.pytorch.org/whl/${TORCH_CUDA_FLAVOUR} \
+      "torch==2.13.0+${TORCH_CUDA_FLAVOUR}" \
  && /opt/fedma/bin/pip install -c constraints.txt ".[deepspeed,s3]" \
- && /opt/fedma/bin/python -c "import fedma.cli, deepspeed"
+ && /opt/fedma/bin/python -c "import torch, deepspeed, fedma.cli; \
+assert torch.version.cuda == '13.0', torch.version.cuda; \
+assert torch.__version__ == '2.13.0+cu130', torch.__version__"
 
-FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+FROM ubuntu:24.04
 LABEL org.opencontainers.image.title="fedma-trainer" \
       org.opencontainers.image.description="fedma train-silo and aggregate Job entrypoints (CUDA, DeepSpeed)" \
       org.opencontainers.image.licenses="Apache-2.0"

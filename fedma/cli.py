@@ -120,6 +120,21 @@ def validate(
         raise _fail(str(data_error(bad)))
 
 
+@app.command()
+def fingerprint(
+    path: Annotated[Path, typer.Argument(help="a backbone's folder of *.safetensors files")],
+    gguf_file: Annotated[str | None, typer.Option(help="a GGUF file in PATH instead")] = None,
+) -> None:
+    """Print the fingerprint of a backbone's weight files, the value for the spec's
+    ``model.vision.fingerprint`` / ``model.languageModel.fingerprint``."""
+    from fedma.model.fingerprint import fingerprint_weights
+
+    try:
+        typer.echo(fingerprint_weights(path, gguf_file))
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+
+
 def _interrupted(exc: BaseException) -> typer.Exit:
     err.print(str(exc) if str(exc) else "interrupted", highlight=False, soft_wrap=True)
     return typer.Exit(INTERRUPTED)

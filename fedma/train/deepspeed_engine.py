@@ -112,6 +112,10 @@ def train(model: AlignmentModel, data: Iterable[tuple[torch.Tensor, list[str], i
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt,
                                       lr_scheduler=warmup(opt, spec.warmup_steps),
                                       config=ds_config(spec, world))
+    # Buffers are never partitioned, and a model built under zero.Init is not moved by the
+    # engine: put any buffer (a rotary inv_freq computed on the CPU) on the engine's device.
+    for b in model.buffers():
+        b.data = b.data.to(engine.device)
     engine.train()
     steps, total = 0, 0.0
     for pixels, captions, keep in data:

@@ -164,3 +164,14 @@ def test_caption_nll_per_sample_matches_loss(model):
     assert nll.shape == batch.input_ids.shape and float(nll.detach()[1, 3:].abs().sum()) == 0.0
     assert torch.allclose(nll.sum() / batch.attention_mask.sum(), model.loss(feats, caps)[0],
                           atol=1e-5)
+
+
+def test_fedma_fingerprint_prints_what_the_spec_checks(tiny_models, tmp_path):
+    from typer.testing import CliRunner
+
+    from fedma.cli import app
+
+    out = CliRunner().invoke(app, ["fingerprint", str(tiny_models["lm"])])
+    assert out.exit_code == 0 and out.stdout.strip() == tiny_models["lm_fp"]
+    out = CliRunner().invoke(app, ["fingerprint", str(tmp_path)])
+    assert out.exit_code == 2 and "no *.safetensors weights" in out.output

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import statistics
@@ -450,9 +451,11 @@ def main(argv: list[str] | None = None) -> int:
         except torch.OutOfMemoryError:
             if batch == 1:
                 raise
-            batch //= 2
-            torch.cuda.empty_cache()
-            print(f"out of GPU memory; again at batch {batch}", flush=True)
+        # Out of the except block, the traceback (and the models its frames hold) is gone.
+        batch //= 2
+        gc.collect()
+        torch.cuda.empty_cache()
+        print(f"out of GPU memory; again at batch {batch}", flush=True)
     llava = result["llava"]
     if abs(llava["loss_fedma"] - llava["loss_transformers"]) > (
             1e-4 if llava["dtype"] == "float32" else 0.05) * abs(llava["loss_transformers"]):

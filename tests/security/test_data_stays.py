@@ -16,7 +16,7 @@ PROJECTOR = {"0.weight", "0.bias", "2.weight", "2.bias"}
 MANIFEST_KEYS = {"kind", "round", "seed", "projector", "training", "silo", "strategy",
                  "base_digest", "requested", "included", "rejected", "report", "samples",
                  "loss", "steps", "seconds", "server_state", "file", "sha256", "bytes",
-                 "tensors", "encoding", "fingerprints", "engine"}
+                 "tensors", "encoding", "fingerprints", "engine", "device", "precision"}
 
 
 def test_after_a_round_the_store_holds_only_projector_weights_and_their_manifests(

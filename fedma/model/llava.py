@@ -79,8 +79,12 @@ class AlignmentModel(nn.Module):
     def enable_checkpointing(self) -> None:
         """Activation checkpointing of the LM's decoder layers (non-reentrant: the frozen
         layers have no weight gradients, and only the input embeddings require grad)."""
-        self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={
-            "use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        enable = getattr(self.lm, "activation_checkpointing_enable", None)
+        if enable is not None:  # transformers >= 5.2x; the older name is deprecated there
+            enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         self.checkpointing = True
 
     # -- inputs -----------------------------------------------------------------------------

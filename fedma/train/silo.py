@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -121,6 +122,12 @@ def train_silo(rnd: FederatedRound, silo_name: str, *, termination_log: str | No
         raise data_error(bad)
 
     initial, _ = load_input(store, rnd)
+    # Missing backbones fail here, before the ranks rendezvous: a failure after it reaches
+    # every rank at once, and torchrun may stop rank 0 before it writes its summary.
+    for what, folder in (("model.vision.path", spec.model.vision.path),
+                         ("model.languageModel.path", spec.model.language_model.path)):
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"{what}: {folder} does not exist on this silo")
     device = silo_device()
     bf16 = use_bf16(spec.training.precision, device)
     zero3 = None

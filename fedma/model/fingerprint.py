@@ -25,6 +25,8 @@ def fingerprint_weights(path: str | Path, gguf_file: str | None = None) -> str:
     """sha256 of the weights under ``path`` (a folder of ``*.safetensors``, or ``gguf_file``
     in it)."""
     folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"backbone folder {folder} does not exist")
     if gguf_file:
         return _file_sha256(folder / gguf_file)
     from safetensors import safe_open

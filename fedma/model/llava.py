@@ -283,25 +283,34 @@ class AlignmentModel(nn.Module):
         return prefixes, torch.tensor(lasts)
 
 
+def verify_backbones(spec: ModelSpec) -> dict[str, str]:
+    """The backbones' fingerprints from their files, refusing any that differs from the spec:
+    cheap next to a load, so a silo runs it first (before the ranks of a multi-GPU Job meet)."""
+    fingerprints: dict[str, str] = {}
+    for what, got, expected in (
+        ("model.vision", fingerprint_weights(spec.vision.path), spec.vision.fingerprint),
+        ("model.languageModel", fingerprint_weights(spec.language_model.path,
+                                                    spec.language_model.gguf_file),
+         spec.language_model.fingerprint),
+    ):
+        fingerprints[what.removeprefix("model.")] = got
+        if expected is not None and got != expected:
+            raise FingerprintMismatch(
+                f"{what}.fingerprint: this silo's backbone hashes to {got[:16]}…, the round "
+                f"expects {expected[:16]}…; refusing to train a projector for a different model"
+            )
+    return fingerprints
+
+
 def load_alignment_model(spec: ModelSpec, projector_seed: int = 0,
                          check_fingerprints: bool = True,
-                         dtype: torch.dtype = torch.float32) -> AlignmentModel:
-    """Verify the backbones' fingerprints, load them from local paths in ``dtype`` (under
-    ZeRO-3 straight into partitions), attach a fresh float32 projector."""
-    fingerprints: dict[str, str] = {}
-    if check_fingerprints:  # from the files, before loading: a mismatch costs no load
-        for what, got, expected in (
-            ("model.vision", fingerprint_weights(spec.vision.path), spec.vision.fingerprint),
-            ("model.languageModel", fingerprint_weights(spec.language_model.path,
-                                                        spec.language_model.gguf_file),
-             spec.language_model.fingerprint),
-        ):
-            fingerprints[what.removeprefix("model.")] = got
-            if expected is not None and got != expected:
-                raise FingerprintMismatch(
-                    f"{what}.fingerprint: this silo's backbone hashes to {got[:16]}…, the round "
-                    f"expects {expected[:16]}…; refusing to train a projector for a different model"
-                )
+                         dtype: torch.dtype = torch.float32,
+                         fingerprints: dict[str, str] | None = None) -> AlignmentModel:
+    """Verify the backbones' fingerprints (unless ``fingerprints`` says :func:`verify_backbones`
+    already did), load them from local paths in ``dtype`` (under ZeRO-3 straight into
+    partitions), attach a fresh float32 projector."""
+    if fingerprints is None:
+        fingerprints = verify_backbones(spec) if check_fingerprints else {}
     vision = load_vision(spec.vision.kind, spec.vision.path, spec.vision.layer,
                          spec.vision.image_size, dtype=dtype)
     lm, tok = load_language_model(spec.language_model.path, spec.language_model.gguf_file,

@@ -13,14 +13,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from fedma.data.manifest import data_error, decode_errors
 from fedma.encoding import encode
-from fedma.model.llava import load_alignment_model
+from fedma.model.llava import load_alignment_model, verify_backbones
 from fedma.model.projector import load_projector_state, projector_state
 from fedma.spec import FederatedRound
 from fedma.store import ArtifactError, Store, global_rel, update_rel
@@ -122,12 +121,8 @@ def train_silo(rnd: FederatedRound, silo_name: str, *, termination_log: str | No
         raise data_error(bad)
 
     initial, _ = load_input(store, rnd)
-    # Missing backbones fail here, before the ranks rendezvous: a failure after it reaches
-    # every rank at once, and torchrun may stop rank 0 before it writes its summary.
-    for what, folder in (("model.vision.path", spec.model.vision.path),
-                         ("model.languageModel.path", spec.model.language_model.path)):
-        if not Path(folder).is_dir():
-            raise FileNotFoundError(f"{what}: {folder} does not exist on this silo")
+    # Missing or different backbones fail here, before the ranks of a multi-GPU Job meet.
+    fingerprints = verify_backbones(spec.model)
     device = silo_device()
     bf16 = use_bf16(spec.training.precision, device)
     zero3 = None
@@ -138,7 +133,8 @@ def train_silo(rnd: FederatedRound, silo_name: str, *, termination_log: str | No
         zero3 = deepspeed_engine.zero3_loading(spec.training, world, bf16)
     with LoadPeak() as load_peak:
         model = load_alignment_model(spec.model, projector_seed=spec.training.seed,
-                                     dtype=torch.bfloat16 if bf16 else torch.float32)
+                                     dtype=torch.bfloat16 if bf16 else torch.float32,
+                                     fingerprints=fingerprints)
     model.zero3_config = zero3  # alive as long as the model: see zero3_loading
     if initial is None:
         initial, base = seeded_initial(store, rnd, model.projector, rank)
@@ -186,8 +182,6 @@ def train_silo(rnd: FederatedRound, silo_name: str, *, termination_log: str | No
     if rank != 0:
         return summary
     telemetry.set_phase("uploading")
-    # Computed at load, before ZeRO-3 partitioned the weights (hashing them now would be wrong).
-    fingerprints = model.fingerprints
     encoding = spec.artifacts.update_encoding
     ref = store.put_tensors(out_rel, encode(state, initial, encoding), {
         "kind": "silo-update", "training": spec.training_name, "round": spec.round,

@@ -138,6 +138,9 @@ def test_missing_backbone_folder_is_named(tmp_path):
 
     with pytest.raises(FileNotFoundError, match=r"vision tower folder .*nope does not exist"):
         load_vision("hf", str(tmp_path / "nope"), -2, 224)
+    # Fingerprinting reads the files first, and names the folder the same way.
+    with pytest.raises(FileNotFoundError, match=r"backbone folder .*nope does not exist"):
+        fingerprint_weights(tmp_path / "nope")
 
 def test_score_one_pass_matches_loss_and_choice_scores(model):
     feats = model.image_features(torch.randn(3, 3, 32, 32))

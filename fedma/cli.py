@@ -296,7 +296,7 @@ def train_silo(
                                      "reason": f"{type(exc).__name__}: {exc}"[:2000]}
         if isinstance(exc, DataError):
             failed["retry"] = False  # the same data fails the same way: fedma.rounds
-        write_termination(termination_log, failed)
+        write_termination(termination_log, failed, first=True)
         raise _fail(str(exc)) from None
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(json.dumps(summary, sort_keys=True))
@@ -330,7 +330,8 @@ def aggregate(
         from fedma.train.silo import write_termination
 
         write_termination(termination_log, {"status": "Failed",
-                                            "reason": f"{type(exc).__name__}: {exc}"[:2000]})
+                                            "reason": f"{type(exc).__name__}: {exc}"[:2000]},
+                          first=True)
         raise _fail(str(exc)) from None
     text = json.dumps(summary, sort_keys=True)
     if termination_log:

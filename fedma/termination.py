@@ -14,9 +14,10 @@ shortened message names. :func:`silo_flags` is the operator's side of the same f
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
+import os
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 LIMIT = 4096  # bytes Kubernetes keeps of a termination message
@@ -106,8 +107,27 @@ def silo_flags(summary: dict[str, Any], key: str, requested: Sequence[str],
     return out
 
 
-def write(path: str | None, summary: dict[str, Any], requested: Sequence[str] = ()) -> None:
+def write(path: str | None, summary: dict[str, Any], requested: Sequence[str] = (), *,
+          first: bool = False) -> None:
     """Write the bounded summary to the termination-message path (nothing if ``path`` is
-    unset: outside Kubernetes the summary is printed instead)."""
-    if path:
-        Path(path).write_text(encode(summary, requested))
+    unset: outside Kubernetes the summary is printed instead).
+
+    Every rank of a torchrun Job shares one termination-message file, and torchrun stops the
+    other ranks as soon as one fails. ``Path.write_text`` truncates at open, so a rank stopped
+    between its open and its write left the file empty, and Kubernetes showed the log tail
+    instead of the failing rank's summary. Here the file is never truncated before the whole
+    message is written (one ``pwrite``; the length is cut after it), the ranks take turns under
+    ``flock``, and with ``first`` (a failure) a message already there is kept: the first rank
+    to fail names the cause, and a rank stopped later cannot erase it."""
+    if not path:
+        return
+    data = encode(summary, requested).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if first and os.fstat(fd).st_size > 0:
+            return
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)  # also releases the lock

@@ -55,3 +55,35 @@ def test_masks_are_read_against_the_sorted_request():
     order = ["b", "a", "c"]
     assert termination.unmask(termination.mask({"c", "a"}, sorted(order)), sorted(order)) == \
         ["a", "c"]
+
+
+def test_the_first_failure_is_kept_when_other_ranks_fail_after_it(tmp_path):
+    """Every rank of a torchrun Job writes its failure to the same file; the first names the
+    cause (torchrun then stops the others, which may fail differently on the way out)."""
+    log = tmp_path / "termination-log"
+    log.write_text("")  # Kubernetes creates the file empty
+    termination.write(str(log), {"silo": "a", "status": "Failed", "reason": "StoreUnavailable"},
+                      first=True)
+    termination.write(str(log), {"silo": "a", "status": "Failed", "reason": "SIGTERM"},
+                      first=True)
+    assert json.loads(log.read_text())["reason"] == "StoreUnavailable"
+    termination.write(str(log), {"silo": "a", "status": "Succeeded"})  # a verdict replaces it
+    assert json.loads(log.read_text()) == {"silo": "a", "status": "Succeeded"}
+
+
+def test_a_writer_killed_before_its_write_leaves_the_earlier_message_whole(tmp_path):
+    """torchrun kills the remaining ranks mid-way: a rank killed after opening the file and
+    before writing must not leave it empty (Kubernetes would fall back to the log tail)."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "termination-log"
+    log.write_text(json.dumps({"silo": "a", "status": "Failed", "reason": "first"}))
+    child = ("import os, signal, sys\n"
+             "from fedma import termination\n"
+             "os.pwrite = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
+             "termination.write(sys.argv[1], {'silo': 'a', 'status': 'Failed', "
+             "'reason': 'later and longer ' * 20})\n")
+    done = subprocess.run([sys.executable, "-c", child, str(log)], check=False)
+    assert done.returncode == -9  # it died inside write, after the open
+    assert json.loads(log.read_text())["reason"] == "first"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the pinned control plane (etcd, kube-apiserver, kube-controller-manager, kubectl) and helm
+# Builds the pinned control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+# kubectl) and helm
 # from the Go modules in tests/kube/tools into a cache keyed by their go.mod/go.sum, once, and
 # puts the prometheus-operator's CRDs (from its pinned module) beside them in crds/monitoring.
 # Prints the bin directory. `make test` runs it; later runs with the same pins cost nothing.
@@ -18,7 +19,8 @@ monitoring_crds() {  # the module's example/prometheus-operator-crd, copied once
   cp "$dir"/example/prometheus-operator-crd/monitoring.coreos.com_{servicemonitors,podmonitors,prometheusrules}.yaml \
      "$bin/../crds/monitoring/"
 }
-if [[ -x "$bin/kube-apiserver" && -x "$bin/kube-controller-manager" && -x "$bin/kubectl" \
+if [[ -x "$bin/kube-apiserver" && -x "$bin/kube-controller-manager" && -x "$bin/kube-scheduler" \
+      && -x "$bin/kubectl" \
       && -x "$bin/etcd" && -x "$bin/helm" ]]; then
   [[ -f "$bin/../crds/monitoring/monitoring.coreos.com_servicemonitors.yaml" ]] || monitoring_crds >&2
   echo "$bin"
@@ -33,11 +35,12 @@ kube_ldflags+=" -X $v.gitTreeState=clean -X $v.buildDate=1970-01-01T00:00:00Z"
 kube_ldflags+=" -X k8s.io/client-go/pkg/version.gitVersion=$kube_version"
 kube_ldflags+=" -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
 start=$SECONDS
-echo "building Kubernetes $kube_version (etcd, kube-apiserver, kube-controller-manager, kubectl)" \
+echo "building Kubernetes $kube_version (etcd, kube-apiserver, kube-controller-manager," \
+     "kube-scheduler, kubectl)" \
      "and helm $helm_version into $bin; a cold build takes a while on 2 cores" >&2
 (cd "$here/tools/kubernetes" && go build -trimpath -ldflags "$kube_ldflags" -o "$bin.partial/" \
    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-   k8s.io/kubernetes/cmd/kubectl)
+   k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
 echo "  kubernetes commands built ($((SECONDS - start)) s)" >&2
 (cd "$here/tools/kubernetes" && go build -trimpath -ldflags "-s -w" -o "$bin.partial/etcd" \
    go.etcd.io/etcd/server/v3)

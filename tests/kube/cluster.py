@@ -1,11 +1,13 @@
-"""A real Kubernetes control plane on loopback: etcd, kube-apiserver, kube-controller-manager.
+"""A real Kubernetes control plane on loopback: etcd, kube-apiserver, kube-controller-manager
+and, where asked (``ControlPlane(scheduler=True)``), kube-scheduler.
 
 Built by tests/kube/build.sh from the Go modules pinned in tests/kube/tools (no binary is
 committed). Each ``ControlPlane`` is one cluster with its own PKI, etcd and apiserver: RBAC
 authorization, the default admission plugins plus OwnerReferencesPermissionEnforcement, an
 audit log of every request (JSON lines, ``Metadata`` level) and a controller-manager running the
 Job, garbage-collector, namespace, service-account and token controllers. What it does not
-have: a scheduler, kubelets and a container runtime (tests/kube/kubelet.py stands in).
+have: kubelets and a container runtime (tests/kube/kubelet.py stands in; without the scheduler it
+binds pods itself).
 """
 
 from __future__ import annotations
@@ -115,6 +117,7 @@ class ControlPlane:
     bin: Path = field(default_factory=kube_bin)
     procs: dict[str, Proc] = field(default_factory=dict)
     restarts: list[tuple[float, float]] = field(default_factory=list)  # (stopped, ready again)
+    scheduler: bool = False  # the real kube-scheduler binds pods (else the process kubelet)
 
     def __post_init__(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -154,6 +157,8 @@ class ControlPlane:
         self.start_apiserver()
         self.wait_ready()
         self.start_controller_manager()
+        if self.scheduler:
+            self.start_scheduler()
         return self
 
     def start_etcd(self) -> None:
@@ -196,13 +201,29 @@ class ControlPlane:
         self._spawn("kube-controller-manager", [
             str(self.bin / "kube-controller-manager"), f"--kubeconfig={kcfg}",
             f"--authentication-kubeconfig={kcfg}", f"--authorization-kubeconfig={kcfg}",
-            "--controllers=" + ",".join(CONTROLLERS), "--leader-elect=false",
+            # With a scheduler, nodes are watched as in a real cluster: the node-lifecycle
+            # controller lifts the not-ready taint admission puts on a new node once its
+            # kubelet's Lease is renewed (without it the scheduler would place nothing).
+            "--controllers=" + ",".join(
+                CONTROLLERS + (["node-lifecycle-controller"] if self.scheduler else [])),
+            "--leader-elect=false",
             f"--service-account-private-key-file={self.pki.sa_key}",
             f"--root-ca-file={self.pki.ca}", "--use-service-account-credentials=true",
             "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
             "--concurrent-job-syncs=10", "--concurrent-gc-syncs=10",
             # Its client's default, 20 requests/s, paces a Job's pod create and status writes:
             # 300 Jobs at once (the load test) would wait on it, not on the operator.
+            "--kube-api-qps=500", "--kube-api-burst=1000", "--v=0"])
+
+    def start_scheduler(self) -> None:
+        """The real scheduler with its default profile, as ``system:kube-scheduler`` (the
+        apiserver's bootstrap RBAC gives that user exactly the scheduler's rights)."""
+        pair = self._client("scheduler", "system:kube-scheduler")
+        kcfg = self._kubeconfig_file("scheduler", pair)
+        self._spawn("kube-scheduler", [
+            str(self.bin / "kube-scheduler"), f"--kubeconfig={kcfg}",
+            f"--authentication-kubeconfig={kcfg}", f"--authorization-kubeconfig={kcfg}",
+            "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
             "--kube-api-qps=500", "--kube-api-burst=1000", "--v=0"])
 
     def wait_ready(self, timeout: float = 90) -> None:
@@ -224,7 +245,7 @@ class ControlPlane:
 
     def stop(self) -> None:
         """Everything this cluster started, kubelets first (they kill their pods' processes)."""
-        core = ["kube-controller-manager", "kube-apiserver", "etcd"]
+        core = ["kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"]
         order = [n for n in self.procs if n.startswith("kubelet-")]
         order += [n for n in self.procs if n not in core and n not in order] + core
         for name in order:
@@ -319,6 +340,8 @@ def start_kubelet(cp: ControlPlane, node: str, env: dict[str, str] | None = None
     argv = [sys.executable, "-m", "tests.kube.kubelet", "--kubeconfig",
             str(cp.admin_kubeconfig), "--node", node, "--root", str(cp.folder / node),
             "--env-file", str(cp.pod_env_file)]
+    if cp.scheduler:
+        argv.append("--scheduled")
     for k, v in (env or {}).items():
         argv += ["--env", f"{k}={v}"]
     if fast_message is not None:

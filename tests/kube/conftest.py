@@ -1,6 +1,7 @@
 """Session fixtures for the ``kube`` suites: real clusters with fedma deployed on them.
 
-- ``hub``: a control plane (tests/kube/cluster.py) with a process kubelet and the hub chart
+- ``hub``: a control plane (tests/kube/cluster.py) with the real kube-scheduler, a process
+  kubelet and the hub chart
   installed by the real helm, the operator's ServiceAccount and RBAC exactly as rendered;
 - ``silo``: a second control plane, prepared with the silo chart, its kubeconfig Secret on the
   hub made as docs/deploy.md says;
@@ -61,7 +62,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     """The hub cluster, its process kubelet, and `helm install` of the hub chart."""
-    cp = ControlPlane("hub", tmp_path_factory.mktemp("hub")).start()
+    cp = ControlPlane("hub", tmp_path_factory.mktemp("hub"), scheduler=True).start()
     try:
         start_kubelet(cp, "hub-node", POD_ENV)
         install_hub(cp, HUB_VALUES)
@@ -79,7 +80,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
 def silo(hub: ControlPlane, tmp_path_factory: pytest.TempPathFactory
          ) -> Iterator[ControlPlane]:
     """A silo's own cluster: silo chart, kubeconfig Secret ``silo-a-kubeconfig`` on the hub."""
-    cp = ControlPlane("silo-a", tmp_path_factory.mktemp("silo-a")).start()
+    cp = ControlPlane("silo-a", tmp_path_factory.mktemp("silo-a"), scheduler=True).start()
     try:
         start_kubelet(cp, "silo-a-node", POD_ENV)
         cp.kubectl("create", "namespace", SILO_NAMESPACE)

@@ -3,7 +3,8 @@ container runtime of one Node, so that the real Job controller, garbage collecto
 of a test control plane do their real work.
 
 It registers a Node, lists and then watches the pods not yet finished, binds Pending pods to
-it (the scheduler's part), and runs each container's
+it (the scheduler's part; with ``--scheduled`` the real kube-scheduler does, and this kubelet
+runs only the pods bound to its node), and runs each container's
 ``command + args`` as a local process (the image is not pulled: the command must exist on this
 machine's PATH, e.g. the venv's ``fedma``), with:
 
@@ -134,8 +135,9 @@ class Running:
 class ProcessKubelet:
     def __init__(self, api: Api, node: str, root: Path, extra_env: dict[str, str],
                  fast: Callable[[dict[str, Any]], str] | None = None, interval: float = 0.2,
-                 env_file: Path | None = None):
+                 env_file: Path | None = None, scheduled: bool = False):
         self.api, self.node, self.root, self.extra_env = api, node, root, extra_env
+        self.scheduled = scheduled  # a real scheduler binds pods; this kubelet does not
         self.env_file = env_file
         self.fast, self.interval = fast, interval
         self.pods: dict[str, Running] = {}  # by uid
@@ -147,16 +149,39 @@ class ProcessKubelet:
         status, body = await self.api.call("POST", "/api/v1/nodes", node)
         if status not in (201, 409):
             raise RuntimeError(f"cannot register node {self.node}: {status} {body}")
-        cpu = str(os.cpu_count() or 2)
+        # The node's declared size, not this machine's: its processes share the machine and
+        # honour no requests, so the capacity is one that the trainer's default requests
+        # (4 CPUs, 32 Gi a silo) fit many times over; 8 GPUs, so that a pod asking for more
+        # is Unschedulable for the real scheduler, as on a real 8-GPU node.
+        size = {"cpu": "256", "memory": "2Ti", "pods": "1000", "nvidia.com/gpu": "8"}
         st = {"status": {
-            "capacity": {"cpu": cpu, "memory": "64Gi", "pods": "1000", "nvidia.com/gpu": "8"},
-            "allocatable": {"cpu": cpu, "memory": "64Gi", "pods": "1000", "nvidia.com/gpu": "8"},
+            "capacity": size, "allocatable": size,
             "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
             "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
                             "message": "process kubelet", "lastHeartbeatTime": now(),
                             "lastTransitionTime": now()}]}}
         await self.api.call("PATCH", f"/api/v1/nodes/{self.node}/status", st,
                             "application/merge-patch+json")
+
+    LEASE_S = 40  # the kubelet's default node lease
+
+    async def heartbeat(self) -> None:
+        """Renew the node's Lease in kube-node-lease every 10 s, as a kubelet does: the real
+        node-lifecycle controller (run with the scheduler) reads it to keep the node Ready and
+        to lift the ``node.kubernetes.io/not-ready`` taint that admission put on the new node."""
+        path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{self.node}"
+        while True:
+            micro = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                     "metadata": {"name": self.node, "namespace": "kube-node-lease"},
+                     "spec": {"holderIdentity": self.node, "renewTime": micro,
+                              "leaseDurationSeconds": self.LEASE_S}}
+            with contextlib.suppress(TimeoutError, aiohttp.ClientError, OSError):
+                status, _ = await self.api.call("PATCH", path, {"spec": lease["spec"]},
+                                                "application/merge-patch+json")
+                if status == 404:
+                    await self.api.call("POST", path.rsplit("/", 1)[0], lease)
+            await asyncio.sleep(10)
 
     # -- the loop ------------------------------------------------------------------------------
     # Pods still to bind, start, run or kill; finished ones are the Job controller's (a terminal
@@ -170,6 +195,7 @@ class ProcessKubelet:
         the watch ends or fails. Pods that could not be configured are retried on a clock."""
         await self.register()
         retry = asyncio.create_task(self.retry_config_errors())
+        beat = asyncio.create_task(self.heartbeat())
         try:
             while True:
                 try:
@@ -181,6 +207,7 @@ class ProcessKubelet:
                 await asyncio.sleep(self.interval)
         finally:
             retry.cancel()
+            beat.cancel()
 
     async def sync(self) -> str:
         """One pass over every pod; returns the list's resourceVersion ("" if it failed)."""
@@ -213,7 +240,8 @@ class ProcessKubelet:
         uid = meta["uid"]
         node = spec.get("nodeName")
         if not node:
-            await self.bind(pod)
+            if not self.scheduled:
+                await self.bind(pod)
             return
         if node != self.node:
             return
@@ -502,6 +530,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--env", action="append", default=[], help="K=V added to every process")
     p.add_argument("--env-file", type=Path, help="JSON object of K: V, read at each start")
     p.add_argument("--fast", action="store_true")
+    p.add_argument("--scheduled", action="store_true",
+                   help="a real kube-scheduler binds the pods: run only those bound here")
     p.add_argument("--fast-message", default="", help="MODULE:FUNCTION(pod) -> message")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -513,7 +543,7 @@ def main(argv: list[str] | None = None) -> None:
             fast = getattr(importlib.import_module(mod), fn)
     extra = dict(kv.split("=", 1) for kv in args.env)
     kubelet = ProcessKubelet(Api.from_kubeconfig(args.kubeconfig), args.node, args.root, extra,
-                             fast, env_file=args.env_file)
+                             fast, env_file=args.env_file, scheduled=args.scheduled)
 
     def stop(*_: Any) -> None:
         for r in kubelet.pods.values():

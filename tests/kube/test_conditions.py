@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.kube.deployed import NAMESPACE
-from tests.kube.test_lifecycle import delete_training, one_round
+from tests.kube.test_lifecycle import delete_training, one_round, round_status
 from tests.kube.waiting import apply, fedma_path, get, items, wait_until
 
 pytestmark = [pytest.mark.kube]
@@ -84,6 +84,50 @@ def test_a_pod_stuck_on_a_missing_secret_shows_in_the_silos_status_not_just_runn
     assert conds["Degraded"]["reason"] == "SilosWaiting", conds
     assert "silo-1 (CreateContainerConfigError)" in conds["Degraded"]["message"], conds
     delete_training(hub, "nosecret")
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("silo, says", [
+    ({"nodeSelector": {"fedma.test/pool": "h100"}}, "didn't match Pod's node affinity/selector"),
+    ({"gpus": 16}, "Insufficient nvidia.com/gpu"),
+], ids=["node-selector", "gpus"])
+def test_a_silo_the_real_scheduler_cannot_place_shows_unschedulable_with_its_message(
+        hub, operator, tmp_path: Path, tiny_models, silo, says):
+    """silo-1 asks for a node pool no node has, or for 16 GPUs on a cluster whose one node has
+    8: the real kube-scheduler leaves its pod Pending with PodScheduled=False/Unschedulable and
+    says why. Within the pod check the silo's status carries the scheduler's own message and
+    the round is Degraded; silo-2, placed by the same scheduler, trains."""
+    name = f"unsched-{'gpu' if 'gpus' in silo else 'pool'}"
+    manifest = one_round(tmp_path, tiny_models, name)
+    manifest["spec"]["silos"][0].update(silo)
+    if "gpus" in silo:  # more than one GPU trains with DeepSpeed (a CEL rule of the CRD)
+        manifest["spec"]["training"]["engine"] = "deepspeed"
+    apply(hub, manifest)
+    try:
+        def unschedulable():
+            st = round_status(hub, name)
+            silo1 = (st.get("silos") or {}).get("silo-1") or {}
+            silo2 = (st.get("silos") or {}).get("silo-2") or {}
+            return (st if silo1.get("waiting", "").startswith("Unschedulable")
+                    and silo2.get("phase") == "Succeeded" else None)
+
+        st = wait_until(unschedulable, 240, "silo-1 Unschedulable and silo-2 Succeeded",
+                        lambda: f"{round_status(hub, name)}\n{hub.procs['kube-scheduler'].tail()}"
+                                f"\n{operator.tail()}")
+        silo1 = st["silos"]["silo-1"]
+        assert says in silo1["waiting"] and "0/1 nodes are available" in silo1["waiting"], silo1
+        assert silo1["phase"] == "Running"
+        conds = {c["type"]: c for c in st["conditions"]}
+        assert conds["Degraded"]["status"] == "True", conds
+        assert "silo-1 (Unschedulable)" in conds["Degraded"]["message"], conds
+        pods = items(hub, f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector=job-name%3D"
+                          f"{silo1['job']}")
+        assert pods and not pods[0]["spec"].get("nodeName"), pods  # truly not placed
+        placed = items(hub, f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector=job-name%3D"
+                            f"{st['silos']['silo-2']['job']}")
+        assert placed and placed[0]["spec"]["nodeName"] == "hub-node"
+    finally:
+        delete_training(hub, name)
 
 
 @pytest.mark.faults

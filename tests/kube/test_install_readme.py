@@ -82,7 +82,7 @@ def merged_kubeconfig(path: Path, contexts: dict[str, ControlPlane]) -> Path:
 @pytest.fixture
 def readme_hub(hub, tmp_path_factory):
     """A fresh cluster: the README's ``hub`` and ``hospital-b``."""
-    cp = ControlPlane("readme-hub", tmp_path_factory.mktemp("readme-hub")).start()
+    cp = ControlPlane("readme-hub", tmp_path_factory.mktemp("readme-hub"), scheduler=True).start()
     try:
         start_kubelet(cp, "readme-node", POD_ENV)
         yield cp

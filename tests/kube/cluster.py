@@ -201,11 +201,13 @@ class ControlPlane:
         self._spawn("kube-controller-manager", [
             str(self.bin / "kube-controller-manager"), f"--kubeconfig={kcfg}",
             f"--authentication-kubeconfig={kcfg}", f"--authorization-kubeconfig={kcfg}",
-            # With a scheduler, nodes are watched as in a real cluster: the node-lifecycle
-            # controller lifts the not-ready taint admission puts on a new node once its
-            # kubelet's Lease is renewed (without it the scheduler would place nothing).
-            "--controllers=" + ",".join(
-                CONTROLLERS + (["node-lifecycle-controller"] if self.scheduler else [])),
+            # With a scheduler, nodes and claims are handled as in a real cluster: the
+            # node-lifecycle controller lifts the not-ready taint admission puts on a new node
+            # once its kubelet's Lease is renewed, and the PV controller binds claims to the
+            # volumes the process kubelet provisions (the scheduler places neither otherwise).
+            "--controllers=" + ",".join(CONTROLLERS + (
+                ["node-lifecycle-controller", "persistentvolume-binder-controller"]
+                if self.scheduler else [])),
             "--leader-elect=false",
             f"--service-account-private-key-file={self.pki.sa_key}",
             f"--root-ca-file={self.pki.ca}", "--use-service-account-credentials=true",

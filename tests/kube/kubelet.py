@@ -183,6 +183,33 @@ class ProcessKubelet:
                     await self.api.call("POST", path.rsplit("/", 1)[0], lease)
             await asyncio.sleep(10)
 
+    async def provision(self) -> None:
+        """Where a real scheduler runs, a pod whose claim is unbound is never placed, so this
+        plays the cluster's storage provisioner: each Pending claim without a volume gets a
+        PersistentVolume (its host folder, the one this kubelet mounts for the claim) pre-bound
+        to it, and the real PV controller binds the two, as after dynamic provisioning."""
+        while True:
+            with contextlib.suppress(TimeoutError, aiohttp.ClientError, OSError):
+                status, body = await self.api.call("GET", "/api/v1/persistentvolumeclaims")
+                for pvc in (body or {}).get("items", []) if status == 200 else []:
+                    meta, spec = pvc["metadata"], pvc["spec"]
+                    if spec.get("volumeName") or (pvc.get("status") or {}).get(
+                            "phase") != "Pending":
+                        continue
+                    folder = self.root / "pvc" / meta["namespace"] / meta["name"]
+                    folder.mkdir(parents=True, exist_ok=True)
+                    pv = {"apiVersion": "v1", "kind": "PersistentVolume",
+                          "metadata": {"name": f"pvc-{meta['uid']}"},
+                          "spec": {"capacity": spec["resources"]["requests"],
+                                   "accessModes": spec.get("accessModes") or ["ReadWriteOnce"],
+                                   "storageClassName": spec.get("storageClassName") or "",
+                                   "persistentVolumeReclaimPolicy": "Retain",
+                                   "hostPath": {"path": str(folder)},
+                                   "claimRef": {"namespace": meta["namespace"],
+                                                "name": meta["name"], "uid": meta["uid"]}}}
+                    await self.api.call("POST", "/api/v1/persistentvolumes", pv)
+            await asyncio.sleep(1)
+
     # -- the loop ------------------------------------------------------------------------------
     # Pods still to bind, start, run or kill; finished ones are the Job controller's (a terminal
     # pod's deletion needs no kubelet), and listing them would grow with history.
@@ -196,6 +223,7 @@ class ProcessKubelet:
         await self.register()
         retry = asyncio.create_task(self.retry_config_errors())
         beat = asyncio.create_task(self.heartbeat())
+        storage = asyncio.create_task(self.provision()) if self.scheduled else None
         try:
             while True:
                 try:
@@ -208,6 +236,8 @@ class ProcessKubelet:
         finally:
             retry.cancel()
             beat.cancel()
+            if storage is not None:
+                storage.cancel()
 
     async def sync(self) -> str:
         """One pass over every pod; returns the list's resourceVersion ("" if it failed)."""

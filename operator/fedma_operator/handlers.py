@@ -32,13 +32,12 @@ from typing import Any
 import kopf
 from kubernetes_asyncio import client
 
-from fedma.rounds import JobState
 from fedma.spec import GROUP
 from fedma_operator.clusters import ClusterPool
 from fedma_operator.jobs import JobSettings
+from fedma_operator.jobwatch import JobWatch
 from fedma_operator.kube import DEFAULT_TIMEOUT_S, VERSION, Hub
 from fedma_operator.metrics import Metrics
-from fedma_operator.observe import job_state
 from fedma_operator.reconcile import Outcome, RoundReconciler
 from fedma_operator.release import release
 from fedma_operator.status import merge_patch
@@ -46,7 +45,6 @@ from fedma_operator.tenancy import Tenancy
 from fedma_operator.training import TrainingReconciler
 
 log = logging.getLogger("fedma.operator")
-MANAGED = "app.kubernetes.io/managed-by=fedma-operator"  # the label every fedma Job carries
 ApiFactory = Callable[[], Awaitable[client.ApiClient]]
 
 
@@ -122,9 +120,6 @@ def build_registry(cfg: OperatorConfig, api_factory: ApiFactory = default_api,
             prefix="fedma.io", key="last-handled-configuration")
         settings.posting.level = logging.WARNING
         settings.scanning.disabled = not cfg.clusterwide
-        # The Job watch selects our Jobs server-side: a cluster's other Jobs (and their
-        # every status change) never reach the operator, rather than arriving to be dropped.
-        settings.watching.label_selectors["batch", "jobs"] = MANAGED
         api = await api_factory()
         hub = Hub(api, metrics.observe_api, cfg.api_timeout_s)
         pool = ClusterPool(hub)
@@ -132,9 +127,18 @@ def build_registry(cfg: OperatorConfig, api_factory: ApiFactory = default_api,
                      rounds=RoundReconciler(pool, cfg.job_settings, metrics,
                                             cfg.cluster_grace_s, watched, cfg.tenancy),
                      trainings=TrainingReconciler(hub, cfg.tenancy))
+        # The hub's Job watch (jobwatch.py), with the same server-side label selector: a
+        # cluster's other Jobs never reach the operator; ours wake their round when settled.
+        scopes: tuple[str | None, ...] = (None,) if cfg.clusterwide else cfg.namespaces
+        state["job_watches"] = [asyncio.create_task(JobWatch(api, ns, wake, wake_all).run())
+                                for ns in scopes]
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
+        for task in state.get("job_watches", []):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         if "pool" in state:
             await state["pool"].close()
             await state["api"].close()
@@ -148,6 +152,10 @@ def build_registry(cfg: OperatorConfig, api_factory: ApiFactory = default_api,
     def wake(namespace: str, name: str) -> None:
         event = wakers.get((namespace, name))
         if event is not None:
+            event.set()
+
+    def wake_all() -> None:
+        for event in wakers.values():
             event.set()
 
     async def loop(kind: str, plural: str, body: Any, stopped: Any,
@@ -246,25 +254,7 @@ def build_registry(cfg: OperatorConfig, api_factory: ApiFactory = default_api,
     for plural in ("federatedrounds", "federatedtrainings"):
         kopf.on.event(GROUP, VERSION, plural, registry=registry, id="edited")(edited)
 
-    @kopf.on.event("batch", "v1", "jobs", registry=registry)
-    async def job_event(body: Any, type: str | None = None, **_: Any) -> None:
-        if not settled(body, type):
-            return  # created, started, a pod ready: nothing a reconcile would act on
-        meta = body.get("metadata") or {}
-        labels = meta.get("labels") or {}
-        name = labels.get("fedma.io/round-name")
-        if name:
-            wake(labels.get("fedma.io/round-namespace") or meta.get("namespace") or "default",
-                 name)
-
     return registry
-
-
-def settled(job: Any, event: str | None) -> bool:
-    """A Job event a round acts on: the Job finished (a terminal condition) or is gone. A
-    Job's other changes (its pod created, running, ready) would each wake a full reconcile
-    that finds nothing to do: five or six per Job, hundreds per round at 100 silos."""
-    return event == "DELETED" or job_state(job)[0] != JobState.ACTIVE
 
 
 COALESCE_S = 0.05  # after a wake-up, let the rest of a burst of Job events arrive

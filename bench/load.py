@@ -147,6 +147,9 @@ def big_round(cp: Any, stat: ProcStat, silos: int, timeout: float) -> dict[str, 
             raise SystemExit(f"load: {name} not done after {timeout:.0f} s: {phase}")
         time.sleep(0.5)
     wall, cpu = time.time() - t0, stat.cpu_s() - cpu0
+    time.sleep(1.0)  # the audit log is written as responses complete
+    lists = [e for e in requests_by_operator(cp, t0, time.time()) if e.get("verb") == "list"
+             and (e.get("objectRef") or {}).get("resource") in ("jobs", "pods")]
     code, raw = cp.request("GET", fedma_path(NAMESPACE, "federatedrounds", f"{name}-r0001"))
     rnd = raw if code == 200 else {}
     entries = (rnd.get("status") or {}).get("silos") or {}
@@ -166,6 +169,9 @@ def big_round(cp: Any, stat: ProcStat, silos: int, timeout: float) -> dict[str, 
     st, meta = rnd.get("status") or {}, rnd.get("metadata") or {}
     return {"silos": silos, "phase": phase, "message": (obj.get("status") or {}).get("message"),
             "wall_s": wall, "operator_cpu_s": cpu, "jobs": len(jobs),
+            # Job and pod lists: answers after the first page, and lists asked without a limit.
+            "list_continued": sum("continue=" in e.get("requestURI", "") for e in lists),
+            "list_unlimited": sum("limit=" not in e.get("requestURI", "") for e in lists),
             "round_object_bytes": size(rnd),
             "round_object_parts_bytes": {
                 "spec": size(rnd.get("spec")), "status.silos": size(st.get("silos")),

@@ -4,7 +4,8 @@ Objects travel as plain dicts (``_preload_content=False``): the operator reads a
 fields and never needs the generated model classes. Every call tolerates what a restarted or
 duplicated reconcile meets: 409 on create (adopt what exists), 404 on delete. Lists carry a
 server-side label selector (the apiserver sends only the round's objects, not the
-namespace's history) and are filtered again client-side.
+namespace's history), are paged (at most :data:`PAGE` items an answer) and are filtered
+again client-side.
 
 Every call has a deadline (``timeout_s``): kubernetes_asyncio sends none unless asked, so an
 endpoint that accepts the connection and never answers would stall a reconcile for good. A
@@ -34,6 +35,9 @@ def _noop(verb: str, resource: str, seconds: float, error: bool) -> None:
 
 
 DEFAULT_TIMEOUT_S = 30.0
+# Items per list answer: a round at the schema's 1,000 silos reads its Jobs (about 5 KiB each)
+# in two answers of a few MiB at most, not one that grows with the round; 100 silos: one.
+PAGE = 500
 
 
 def why(exc: BaseException) -> str:
@@ -104,10 +108,32 @@ class Cluster:
         return await _timed(self.observe, verb, resource, call, self.name, self.timeout_s,
                             decode=verb not in ("create", "delete", "patch"))
 
+    async def _pages(self, resource: str,
+                     call: Callable[[str | None], Awaitable[Any]]) -> list[dict[str, Any]]:
+        """Every item of a paged list (``limit`` = :data:`PAGE`, then ``continue``): each
+        answer is bounded, whatever the round's size. An expired continue token (410: the
+        list took longer than etcd keeps its revision) starts the list again, once."""
+        items: list[dict[str, Any]] = []
+        token: str | None = None
+        restarted = False
+        while True:
+            try:
+                out = await self._call("list", resource, lambda t=token: call(t))
+            except ApiException as exc:
+                if exc.status != 410 or token is None or restarted:
+                    raise
+                items, token, restarted = [], None, True
+                continue
+            items += out.get("items") or []
+            token = (out.get("metadata") or {}).get("continue") or None
+            if token is None:
+                return items
+
     async def list_jobs(self, namespace: str, selector: Selector) -> list[dict[str, Any]]:
-        out = await self._call("list", "jobs", lambda: self.batch.list_namespaced_job(
-            namespace, label_selector=label_selector(selector), _preload_content=False))
-        return [j for j in out.get("items", []) if matches(j, selector)]
+        out = await self._pages("jobs", lambda token: self.batch.list_namespaced_job(
+            namespace, label_selector=label_selector(selector), limit=PAGE, _continue=token,
+            _preload_content=False))
+        return [j for j in out if matches(j, selector)]
 
     async def _create(self, resource: str, call: Callable[[], Awaitable[Any]]) -> bool:
         """True if created, False if one of its name already existed (409: the caller tells
@@ -145,9 +171,10 @@ class Cluster:
             name, namespace, _preload_content=False))
 
     async def list_pods(self, namespace: str, selector: Selector) -> list[dict[str, Any]]:
-        out = await self._call("list", "pods", lambda: self.core.list_namespaced_pod(
-            namespace, label_selector=label_selector(selector), _preload_content=False))
-        return [p for p in out.get("items", []) if matches(p, selector)]
+        out = await self._pages("pods", lambda token: self.core.list_namespaced_pod(
+            namespace, label_selector=label_selector(selector), limit=PAGE, _continue=token,
+            _preload_content=False))
+        return [p for p in out if matches(p, selector)]
 
 
 class Hub(Cluster):

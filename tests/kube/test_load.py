@@ -40,3 +40,6 @@ def test_three_trainings_of_100_silos_and_a_round_of_1000_complete_within_every_
     assert big["phase"] == "Succeeded" and big["jobs"] == 1001, big
     assert big["largest_env_bytes"] < 1024 and big["aggregator_message_bytes"] <= 4096, big
     assert big["rejected_match"] and big["round_object_bytes"] < 1536 * 1024, big
+    # Its 1,000 Jobs were listed in pages (limit 500): the apiserver answered with a continue
+    # token and the operator followed it; no Job or pod list went without a limit.
+    assert big["list_continued"] >= 1 and big["list_unlimited"] == 0, big

@@ -127,6 +127,7 @@ class ControlPlane:
         self.server = f"https://127.0.0.1:{self.port}"
         self.audit_log = self.folder / "audit.log"
         self.pod_env_file = self.folder / "pod-env.json"  # the kubelet adds it to every pod
+        self.node_faults_file = self.folder / "node-faults.json"  # kubelet.py --faults-file
         self.admin = self._client("admin", "kubernetes-admin", "system:masters")
         self.admin_kubeconfig = self._kubeconfig_file("admin", self.admin)
 
@@ -328,6 +329,15 @@ class ControlPlane:
         finally:
             self.pod_env_file.write_text("{}")
 
+    @contextlib.contextmanager
+    def node_faults(self, **faults: Any) -> Iterator[None]:
+        """What the process kubelet's node suffers inside the block (kubelet.py ``faults``)."""
+        self.node_faults_file.write_text(json.dumps(faults))
+        try:
+            yield
+        finally:
+            self.node_faults_file.write_text("{}")
+
     def audit(self) -> Iterator[dict[str, Any]]:
         """The audit log's events (ResponseComplete stage), oldest first."""
         with contextlib.suppress(FileNotFoundError), self.audit_log.open() as f:
@@ -341,7 +351,7 @@ def start_kubelet(cp: ControlPlane, node: str, env: dict[str, str] | None = None
     """The process kubelet (tests/kube/kubelet.py) for ``cp`` as a child process."""
     argv = [sys.executable, "-m", "tests.kube.kubelet", "--kubeconfig",
             str(cp.admin_kubeconfig), "--node", node, "--root", str(cp.folder / node),
-            "--env-file", str(cp.pod_env_file)]
+            "--env-file", str(cp.pod_env_file), "--faults-file", str(cp.node_faults_file)]
     if cp.scheduler:
         argv.append("--scheduled")
     for k, v in (env or {}).items():

@@ -17,9 +17,16 @@ machine's PATH, e.g. the venv's ``fedma``), with:
   termination-message path) is rewritten to its host folder (processes share one file system);
 - the termination message from ``terminationMessagePath`` (at most 4096 bytes), or with
   ``FallbackToLogsOnError`` the log's last 80 lines (2048 bytes) of a failed container;
+- the container's memory limit, as its cgroup would: the resident memory of its processes is
+  summed every 0.25 s and past ``resources.limits.memory`` the group is killed (SIGKILL) and
+  reported ``terminated`` with reason ``OOMKilled``, exit code 137;
 - exit codes → ``terminated`` states and the pod phase (``restartPolicy: Never``; ``OnFailure``
   restarts the process);
 - deletion: SIGTERM to the process group, SIGKILL after the grace period, then the final delete.
+
+``--faults-file F`` (JSON, read each time) makes the node fail as nodes do: an image its
+registry lacks (``ErrImagePull``, then ``ImagePullBackOff``), pods evicted for memory pressure
+(killed, then ``Failed``/``Evicted``).
 
 ``--fast`` completes every pod at once without a process (exit 0, the message from
 ``--fast-message MODULE:FUNCTION`` called with the pod), for load tests of the operator.
@@ -57,6 +64,47 @@ log = logging.getLogger("process-kubelet")
 MESSAGE_LIMIT = 4096
 FALLBACK_LINES, FALLBACK_BYTES = 80, 2048
 STATUS_TRIES = 240  # 0.5 s apart: a pod's status outlives a two-minute apiserver outage
+
+
+_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def quantity_bytes(value: str | int | None) -> int | None:
+    """A memory quantity (``512Mi``, ``8Gi``, ``1000000``) in bytes; None if unset."""
+    if value is None:
+        return None
+    text = str(value)
+    digits = text.rstrip("kMGTi")
+    return int(float(digits) * _UNITS[text[len(digits):]])
+
+
+def group_rss(pgid: int) -> int:
+    """Resident bytes of every process in the process group ``pgid`` (a container's: it is
+    started in a session of its own)."""
+    page, total = os.sysconf("SC_PAGE_SIZE"), 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # field 5 of stat: the process group
+            total += int(fields[21]) * page  # field 24: resident pages
+    return total
+
+
+async def enforce_memory(proc: asyncio.subprocess.Process, limit: int) -> bool:
+    """Kill ``proc``'s group once its resident memory passes ``limit``; True if it did."""
+    while proc.returncode is None:
+        if group_rss(proc.pid) > limit:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            return True
+        await asyncio.sleep(0.25)
+    return False
 
 
 def now() -> str:
@@ -126,6 +174,8 @@ class Running:
     states: dict[str, dict[str, Any]] = field(default_factory=dict)  # container → state
     started_at: str = field(default_factory=now)
     config_error: bool = False  # a container could not be configured: start again
+    pulls: int = 0  # failed pulls of an image the node's registry lacks (--faults-file)
+    evicted: bool = False  # evicted for node pressure (--faults-file)
     restarts: dict[str, int] = field(default_factory=dict)
     task: asyncio.Task | None = None
     deleter: asyncio.Task | None = None
@@ -135,10 +185,12 @@ class Running:
 class ProcessKubelet:
     def __init__(self, api: Api, node: str, root: Path, extra_env: dict[str, str],
                  fast: Callable[[dict[str, Any]], str] | None = None, interval: float = 0.2,
-                 env_file: Path | None = None, scheduled: bool = False):
+                 env_file: Path | None = None, scheduled: bool = False,
+                 faults_file: Path | None = None):
         self.api, self.node, self.root, self.extra_env = api, node, root, extra_env
         self.scheduled = scheduled  # a real scheduler binds pods; this kubelet does not
         self.env_file = env_file
+        self.faults_file = faults_file
         self.fast, self.interval = fast, interval
         self.pods: dict[str, Running] = {}  # by uid
 
@@ -287,11 +339,32 @@ class ProcessKubelet:
             running = self.pods[uid] = Running(pod, self._dir(pod))
             running.task = asyncio.create_task(self.start(running))
 
+    def faults(self) -> dict[str, Any]:
+        """What the node suffers, as a test sets it (``--faults-file``, read each time): images
+        its registry lacks (``missingImages``) and Jobs whose pods it evicts for memory
+        pressure (``evictJobs``, names or name prefixes ending in ``*``)."""
+        if self.faults_file is None or not self.faults_file.exists():
+            return {}
+        return json.loads(self.faults_file.read_text() or "{}")
+
+    def _evicting(self, running: Running, faults: dict[str, Any]) -> bool:
+        job = (running.pod["metadata"].get("labels") or {}).get("job-name", "")
+        return any(job == p or (p.endswith("*") and job.startswith(p[:-1]))
+                   for p in faults.get("evictJobs") or [])
+
     async def retry_config_errors(self) -> None:
-        """A container that could not be configured (a missing Secret): try again."""
+        """A container that could not be configured (a missing Secret, an image not in the
+        registry): try again. And evict the pods the faults file names."""
         while True:
             await asyncio.sleep(self.interval)
+            faults = self.faults()
             for running in list(self.pods.values()):
+                if (not running.evicted and running.procs and not running.deleting
+                        and self._evicting(running, faults)):
+                    running.evicted = True  # as the kubelet's eviction manager: kill, then
+                    for proc in running.procs.values():  # report the pod Failed/Evicted
+                        with contextlib.suppress(ProcessLookupError):
+                            os.killpg(proc.pid, signal.SIGKILL)
                 if (running.task is not None and running.task.done() and running.config_error
                         and not running.deleting):
                     running.config_error = False
@@ -364,6 +437,19 @@ class ProcessKubelet:
                     "startedAt": now(), "finishedAt": now()}}
             await self.patch_status(running, "Succeeded")
             return
+        missing = [c.get("image", "") for c in pod["spec"]["containers"]
+                   if c.get("image") in (self.faults().get("missingImages") or [])]
+        if missing:  # as a kubelet whose registry answers "not found"
+            reason = "ImagePullBackOff" if running.pulls else "ErrImagePull"
+            message = (f'Back-off pulling image "{missing[0]}"' if running.pulls else
+                       f'failed to pull and unpack image "{missing[0]}": not found')
+            running.pulls += 1
+            for c in pod["spec"]["containers"]:
+                running.states[c["name"]] = {"waiting": {"reason": reason, "message": message}}
+            running.config_error = True
+            await self.patch_status(running, "Pending")
+            await asyncio.sleep(1)
+            return
         try:
             plans = [await self.plan(running, c) for c in pod["spec"]["containers"]]
         except ConfigError as exc:
@@ -376,6 +462,11 @@ class ProcessKubelet:
             return
         codes = await asyncio.gather(*(self.run_container(running, *p) for p in plans))
         if running.deleting:
+            return
+        if running.evicted:
+            await self.patch_status(running, "Failed", {
+                "reason": "Evicted", "message": "The node was low on resource: memory. "
+                "Threshold quantity: 100Mi, available: 64Mi."})
             return
         await self.patch_status(running, "Succeeded" if all(c == 0 for c in codes) else "Failed")
 
@@ -493,17 +584,22 @@ class ProcessKubelet:
                 return 128
             running.procs[name] = proc
             running.states[name] = {"running": {"startedAt": started}}
+            limit = quantity_bytes(((c.get("resources") or {}).get("limits") or {}).get("memory"))
+            oom = (asyncio.create_task(enforce_memory(proc, limit)) if limit is not None
+                   else None)
             await self.patch_status(running, "Running")
             code = await proc.wait()
             if code < 0:
                 code = 128 - code  # killed by a signal: 128 + its number, as a runtime reports
+            killed = oom is not None and await oom
             message = term.read_bytes()[:MESSAGE_LIMIT].decode(errors="replace")
             if not message.strip() and code != 0 and (
                     c.get("terminationMessagePolicy") == "FallbackToLogsOnError"):
                 lines = logfile.read_bytes().splitlines()[-FALLBACK_LINES:]
                 message = b"\n".join(lines)[-FALLBACK_BYTES:].decode(errors="replace")
+            reason = "OOMKilled" if killed else "Completed" if code == 0 else "Error"
             running.states[name] = {"terminated": {
-                "exitCode": code, "reason": "Completed" if code == 0 else "Error",
+                "exitCode": code, "reason": reason,
                 "message": message, "startedAt": started, "finishedAt": now()}}
             if running.deleting or code == 0 or running.pod["spec"].get(
                     "restartPolicy") != "OnFailure":
@@ -560,6 +656,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--env", action="append", default=[], help="K=V added to every process")
     p.add_argument("--env-file", type=Path, help="JSON object of K: V, read at each start")
     p.add_argument("--fast", action="store_true")
+    p.add_argument("--faults-file", type=Path,
+                   help="JSON: missingImages, evictJobs (read each time; kubelet.faults)")
     p.add_argument("--scheduled", action="store_true",
                    help="a real kube-scheduler binds the pods: run only those bound here")
     p.add_argument("--fast-message", default="", help="MODULE:FUNCTION(pod) -> message")
@@ -573,7 +671,8 @@ def main(argv: list[str] | None = None) -> None:
             fast = getattr(importlib.import_module(mod), fn)
     extra = dict(kv.split("=", 1) for kv in args.env)
     kubelet = ProcessKubelet(Api.from_kubeconfig(args.kubeconfig), args.node, args.root, extra,
-                             fast, env_file=args.env_file, scheduled=args.scheduled)
+                             fast, env_file=args.env_file, scheduled=args.scheduled,
+                             faults_file=args.faults_file)
 
     def stop(*_: Any) -> None:
         for r in kubelet.pods.values():

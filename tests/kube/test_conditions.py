@@ -131,6 +131,91 @@ def test_a_silo_the_real_scheduler_cannot_place_shows_unschedulable_with_its_mes
 
 
 @pytest.mark.faults
+def test_a_silo_past_its_memory_limit_is_oomkilled_and_its_status_says_so(
+        hub, operator, tmp_path: Path, tiny_models):
+    """silo-1's trainer gets 200 Mi, less than importing torch takes: its container is killed
+    at the limit (the process kubelet measures the group's resident memory, as a cgroup
+    would) and reported OOMKilled, exit code 137; the real Job controller fails the Job after
+    its retries and the silo is excluded with that reason, not a bare "BackoffLimitExceeded";
+    silo-2 trains."""
+    manifest = one_round(tmp_path, tiny_models, "oom")
+    manifest["spec"]["silos"][0]["resources"] = {"cpu": "1", "memory": "200Mi"}
+    apply(hub, manifest)
+    try:
+        def excluded():
+            st = round_status(hub, "oom")
+            silo1 = (st.get("silos") or {}).get("silo-1") or {}
+            return st if silo1.get("phase") == "Excluded" else None
+
+        st = wait_until(excluded, 240, "silo-1 excluded",
+                        lambda: f"{round_status(hub, 'oom')}\n{operator.tail()}")
+        silo1 = st["silos"]["silo-1"]
+        assert "OOMKilled: the container exceeded its memory limit" in silo1["reason"], silo1
+        pods = items(hub, f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector=job-name%3D"
+                          f"{silo1['job']}")
+        ends = [cs["state"]["terminated"] for p in pods
+                for cs in p["status"]["containerStatuses"]]
+        assert ends and all(e["reason"] == "OOMKilled" and e["exitCode"] == 137
+                            for e in ends), ends
+        assert "OOMKilled" not in str(st["silos"]["silo-2"]), st["silos"]["silo-2"]
+    finally:
+        delete_training(hub, "oom")
+
+
+@pytest.mark.faults
+def test_an_image_the_registry_lacks_shows_imagepullbackoff_in_the_silos_status(
+        hub, operator, tmp_path: Path, tiny_models):
+    """silo-1 names a trainer image (on the operator's allow list) that the node's registry
+    does not have: the kubelet reports ErrImagePull, then ImagePullBackOff, as a kubelet does
+    (the process kubelet's node faults); the silo's status says so and the round is
+    Degraded."""
+    image = "ghcr.io/fedma/trainer:no-such-tag"
+    manifest = one_round(tmp_path, tiny_models, "nopull")
+    manifest["spec"]["silos"][0]["image"] = image
+    with hub.node_faults(missingImages=[image]):
+        apply(hub, manifest)
+        try:
+            def backoff():
+                st = round_status(hub, "nopull")
+                silo1 = (st.get("silos") or {}).get("silo-1") or {}
+                return st if silo1.get("waiting", "").startswith("ImagePullBackOff") else None
+
+            st = wait_until(backoff, 120, "silo-1 ImagePullBackOff",
+                            lambda: f"{round_status(hub, 'nopull')}\n{operator.tail()}")
+            assert image in st["silos"]["silo-1"]["waiting"], st["silos"]["silo-1"]
+            conds = {c["type"]: c for c in st["conditions"]}
+            assert conds["Degraded"]["status"] == "True", conds
+            assert "silo-1 (ImagePullBackOff)" in conds["Degraded"]["message"], conds
+        finally:
+            delete_training(hub, "nopull")
+
+
+@pytest.mark.faults
+def test_a_silo_whose_pods_are_evicted_is_excluded_with_that_reason(
+        hub, operator, tmp_path: Path, tiny_models):
+    """The node evicts every pod of silo-1's Jobs for memory pressure (phase Failed, reason
+    Evicted, as the kubelet's eviction manager writes it): the real Job controller fails each
+    attempt, and the silo is excluded naming the eviction; silo-2 trains."""
+    manifest = one_round(tmp_path, tiny_models, "evict")
+    with hub.node_faults(evictJobs=["evict-r0001-silo-1-*"]):
+        apply(hub, manifest)
+        try:
+            def excluded():
+                st = round_status(hub, "evict")
+                silo1 = (st.get("silos") or {}).get("silo-1") or {}
+                return st if silo1.get("phase") == "Excluded" else None
+
+            st = wait_until(excluded, 240, "silo-1 excluded",
+                            lambda: f"{round_status(hub, 'evict')}\n{operator.tail()}")
+            silo1 = st["silos"]["silo-1"]
+            assert "Evicted: The node was low on resource: memory" in silo1["reason"], silo1
+            assert int(silo1["attempts"]) >= 2, silo1  # each attempt evicted, then excluded
+            assert "Evicted" not in str(st["silos"]["silo-2"]), st["silos"]["silo-2"]
+        finally:
+            delete_training(hub, "evict")
+
+
+@pytest.mark.faults
 def test_a_job_whose_pod_is_refused_shows_failedcreate_not_running(
         hub, operator, tmp_path: Path, tiny_models):
     """A ResourceQuota that admits no pod of one PriorityClass, and silo-1's pods in that class:

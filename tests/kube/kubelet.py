@@ -17,9 +17,9 @@ machine's PATH, e.g. the venv's ``fedma``), with:
   termination-message path) is rewritten to its host folder (processes share one file system);
 - the termination message from ``terminationMessagePath`` (at most 4096 bytes), or with
   ``FallbackToLogsOnError`` the log's last 80 lines (2048 bytes) of a failed container;
-- the container's memory limit, as its cgroup would: the resident memory of its processes is
-  summed every 0.25 s and past ``resources.limits.memory`` the group is killed (SIGKILL) and
-  reported ``terminated`` with reason ``OOMKilled``, exit code 137;
+- the container's memory limit, as its cgroup would: the anonymous resident memory of its
+  processes is summed every 0.25 s and past ``resources.limits.memory`` the group is killed
+  (SIGKILL) and reported ``terminated`` with reason ``OOMKilled``, exit code 137;
 - exit codes → ``terminated`` states and the pod phase (``restartPolicy: Never``; ``OnFailure``
   restarts the process);
 - deletion: SIGTERM to the process group, SIGKILL after the grace period, then the final delete.
@@ -80,19 +80,26 @@ def quantity_bytes(value: str | int | None) -> int | None:
 
 
 def group_rss(pgid: int) -> int:
-    """Resident bytes of every process in the process group ``pgid`` (a container's: it is
-    started in a session of its own)."""
-    page, total = os.sysconf("SC_PAGE_SIZE"), 0
+    """Anonymous resident bytes (RssAnon) of every process in the process group ``pgid`` (a
+    container's: it is started in a session of its own). Anonymous memory is what a cgroup
+    cannot reclaim before its OOM killer acts; file-backed pages (torch's libraries, about
+    250 MiB) are reclaimable and, summed per process, would be counted once for each."""
+    total = 0
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             with open(f"/proc/{entry.name}/stat", "rb") as f:
                 fields = f.read().rsplit(b")", 1)[1].split()
-        except OSError:
+            if int(fields[2]) != pgid:  # field 5 of stat: the process group
+                continue
+            with open(f"/proc/{entry.name}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"RssAnon:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except (OSError, IndexError, ValueError):
             continue
-        if int(fields[2]) == pgid:  # field 5 of stat: the process group
-            total += int(fields[21]) * page  # field 24: resident pages
     return total
 
 

@@ -33,6 +33,7 @@ LABEL = "fedma.io"
 TERMINATION_LOG = "/dev/termination-log"
 ROUND_MOUNT = "/etc/fedma/round"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+MANAGED_BY = ("app.kubernetes.io/managed-by", "fedma-operator")  # on every Job it creates
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def labels(rnd: FederatedRound, role: str, silo: str | None = None,
            attempt: int | None = None) -> dict[str, str]:
     out = {
         "app.kubernetes.io/name": "fedma",
-        "app.kubernetes.io/managed-by": "fedma-operator",
+        MANAGED_BY[0]: MANAGED_BY[1],
         f"{LABEL}/training": rnd.spec.training_name,
         f"{LABEL}/round": str(rnd.spec.round),
         f"{LABEL}/round-name": rnd.metadata.name,

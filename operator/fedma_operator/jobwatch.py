@@ -31,10 +31,11 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from fedma.rounds import JobState
+from fedma_operator.jobs import MANAGED_BY
 from fedma_operator.observe import job_state
 
 log = logging.getLogger("fedma.operator.jobwatch")
-MANAGED = "app.kubernetes.io/managed-by=fedma-operator"  # the label every fedma Job carries
+MANAGED = "=".join(MANAGED_BY)  # the label every fedma Job carries (jobs.labels)
 WATCH_S = 300  # the server ends each watch after this; the next resumes where it stopped
 # An event for a Job that has finished mentions one of these; an event that mentions none
 # cannot be settled (job_state reads exactly these conditions and counters), so it is not

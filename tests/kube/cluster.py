@@ -321,22 +321,22 @@ class ControlPlane:
                                          "HELM_DATA_HOME": str(home / "data")}, check, timeout)
 
     @contextlib.contextmanager
-    def pod_env(self, **env: str) -> Iterator[None]:
-        """Extra environment for the processes of pods started inside the block."""
-        self.pod_env_file.write_text(json.dumps(env))
+    def _json_file(self, path: Path, value: dict[str, Any]) -> Iterator[None]:
+        """``value`` in ``path`` (a file the process kubelet reads at each use) inside the
+        block, ``{}`` after it."""
+        path.write_text(json.dumps(value))
         try:
             yield
         finally:
-            self.pod_env_file.write_text("{}")
+            path.write_text("{}")
 
-    @contextlib.contextmanager
-    def node_faults(self, **faults: Any) -> Iterator[None]:
+    def pod_env(self, **env: str) -> contextlib.AbstractContextManager[None]:
+        """Extra environment for the processes of pods started inside the block."""
+        return self._json_file(self.pod_env_file, env)
+
+    def node_faults(self, **faults: Any) -> contextlib.AbstractContextManager[None]:
         """What the process kubelet's node suffers inside the block (kubelet.py ``faults``)."""
-        self.node_faults_file.write_text(json.dumps(faults))
-        try:
-            yield
-        finally:
-            self.node_faults_file.write_text("{}")
+        return self._json_file(self.node_faults_file, faults)
 
     def audit(self) -> Iterator[dict[str, Any]]:
         """The audit log's events (ResponseComplete stage), oldest first."""

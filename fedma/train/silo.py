@@ -80,6 +80,25 @@ def _intact(store: Store, rel: str, digest: str) -> bool:
 
 def train_silo(rnd: FederatedRound, silo_name: str, *, termination_log: str | None = None,
                engine: str | None = None, progress: bool = False) -> dict[str, Any]:
+    try:
+        return _train_silo(rnd, silo_name, termination_log, engine, progress)
+    finally:
+        shutdown_distributed()
+
+
+def shutdown_distributed() -> None:
+    """Destroys the DeepSpeed engine's process group, if one was made, while the interpreter
+    is still whole. Left to finalisation, gloo's worker threads still hold work whose tensors
+    need the GIL as the interpreter is torn down: a rank that finished its round dies with
+    SIGABRT ("terminate called without an active exception", pytorch/pytorch#190489) and
+    torchrun fails the Job (seen in CI). Local to this rank: no collective, so a rank that
+    failed does not wait here for the others."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def _train_silo(rnd: FederatedRound, silo_name: str, termination_log: str | None,
+                engine: str | None, progress: bool) -> dict[str, Any]:
     spec = rnd.spec
     silo = next((s for s in spec.silos if s.name == silo_name), None)
     if silo is None:
@@ -100,14 +119,17 @@ def train_silo(rnd: FederatedRound, silo_name: str, *, termination_log: str | No
     if spec.input is None and store.committed(global_rel(spec.training_name, 0)):
         base = store.get_manifest(global_rel(spec.training_name, 0))["sha256"]
 
-    if rank == 0 and store.committed(out_rel):
+    # Every rank looks: were only rank 0 to find the committed update and return, the others
+    # would wait at the rendezvous for it until their timeout. All read the same store.
+    if store.committed(out_rel):
         manifest = store.get_manifest(out_rel)
         if manifest.get("base_digest") == base and _intact(store, out_rel, manifest["sha256"]):
             summary = {k: manifest[k] for k in ("samples", "steps", "loss")}
             summary.update(silo=silo.name, round=spec.round, status="Succeeded",
                            update={"uri": store.uri(out_rel), "digest": manifest["sha256"]},
                            reused=True, seconds=round(time.perf_counter() - t0, 3))
-            write_termination(termination_log, summary)
+            if rank == 0:
+                write_termination(termination_log, summary)
             return summary
 
     # The round's data, every image decoded, before the backbones load: bad data fails in

@@ -24,7 +24,9 @@ def free_port() -> int:
 
 
 def run_silo(tmp_path, tiny, name: str, nproc: int, timeout: float = 600, n: int = 16,
-             **training) -> tuple[dict, dict[str, torch.Tensor]]:
+             again: bool = False, **training) -> tuple[dict, dict[str, torch.Tensor]]:
+    """One silo Job under torchrun; ``again`` launches the same Job a second time (a retry
+    after its update was committed) and returns that run's summary."""
     root = tmp_path / name
     obj = training_manifest(root, tiny, silos=1, rounds=1, n=n, engine="deepspeed",
                             deepspeed={"zeroStage": 3})
@@ -50,8 +52,10 @@ def run_silo(tmp_path, tiny, name: str, nproc: int, timeout: float = 600, n: int
                "--master_port", str(free_port()), *args]
     else:
         cmd = [sys.executable, *args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for _ in range(2 if again else 1):
+        term.unlink(missing_ok=True)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads(term.read_text())
     return summary, store.get_tensors(store.rel(summary["update"]["uri"]),
                                       summary["update"]["digest"])
@@ -155,3 +159,11 @@ def test_zero3_with_activation_checkpointing_trains_the_same_and_releases_the_ba
         assert torch.allclose(w_plain[k], w_ckpt[k], atol=1e-6), k
     assert plain["zero"]["frozen_gathered_after_training"] == 0
     assert ckpt["zero"]["frozen_gathered_after_training"] == 0, ckpt["zero"]
+
+
+def test_a_retried_job_reuses_the_committed_update_on_every_rank(tmp_path, tiny_models):
+    # The retry finds the update committed on the same input. Every rank must see that and
+    # exit: had only rank 0 returned, rank 1 would wait at the rendezvous for it (30 min).
+    again, weights = run_silo(tmp_path, tiny_models, "again", 2, timeout=120, n=4,
+                              maxStepsPerRound=1, again=True)
+    assert again["reused"] is True and again["steps"] == 1 and weights

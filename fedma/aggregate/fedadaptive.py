@@ -14,8 +14,11 @@ from fedma.aggregate.server_opt import ServerOptimizer, _get
 
 
 class _Adaptive(ServerOptimizer):
+    # η = 0.01, not the papers' usual 0.1: m/(√v + τ) is about ±1 per weight, so η is the
+    # per-weight step of a round, and 0.1 moved a projector with weights of about 0.03 by 0.1
+    # a round. Chosen by bench/tune.py on a seed no table reports (docs/quality.md).
     defaults: ClassVar[dict[str, float]] = {
-        "server_lr": 0.1, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3}
+        "server_lr": 0.01, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3}
 
     def second_moment(self, v: torch.Tensor, d2: torch.Tensor) -> None:
         raise NotImplementedError
@@ -35,7 +38,7 @@ class _Adaptive(ServerOptimizer):
 class FedAdagrad(_Adaptive):
     name = "fedadagrad"
     # Reddi et al. use momentum for all three; β₁ = 0 (plain Adagrad) is the safer default here.
-    defaults: ClassVar[dict[str, float]] = {"server_lr": 0.1, "tau": 1e-3, "beta1": 0.0}
+    defaults: ClassVar[dict[str, float]] = {"server_lr": 0.01, "tau": 1e-3, "beta1": 0.0}
 
     def second_moment(self, v: torch.Tensor, d2: torch.Tensor) -> None:
         v.add_(d2)

@@ -29,8 +29,8 @@ def test_fedavgm_accumulates_momentum_across_rounds():
 
 @pytest.mark.parametrize("name", ["fedadam", "fedyogi", "fedadagrad"])
 def test_adaptive_first_step_matches_formula(name):
-    lr, b1, b2, tau = 0.1, 0.9, 0.99, 1e-3
-    s = get_strategy(name)
+    lr, b1, b2, tau = 0.05, 0.9, 0.99, 1e-3
+    s = get_strategy(name, {"server_lr": lr})
     r = s.aggregate(BASE, ups(), {})
     v0 = torch.full_like(D, tau * tau)
     if name == "fedadam":

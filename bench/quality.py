@@ -147,6 +147,7 @@ class Config:
 # Candidates still differ in their last token, so the one-pass candidate scoring applies.
 FAST_LM = {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
            "num_attention_heads": 4, "num_key_value_heads": 4}
+PROJECTOR = "mlp2x_gelu"
 READER_BATCH = 32
 READER_LR = 3e-3
 
@@ -218,7 +219,7 @@ def bundled_model() -> tuple[Any, Any]:
         "vision": {"kind": "efficientnet", "path": str(vision[0]), "imageSize": 64,
                    "fingerprint": vision[1]},
         "languageModel": {"path": str(lm[0]), "fingerprint": lm[1]},
-        "projector": {"type": "mlp2x_gelu"}, "maxCaptionTokens": 32})
+        "projector": {"type": PROJECTOR}, "maxCaptionTokens": 32})
     return spec, load_alignment_model(spec)
 
 
@@ -330,12 +331,11 @@ class Bench:
         use the tokens before the caption makes every projector useless; this one has, on
         images no arm trains on or is scored on. Returns the reader's own figures (its final
         loss, and its retrieval on the held-out set: what a projector can reach with this LM)."""
-        from fedma.model.projector import build_projector, projector_state
+        from fedma.model.projector import projector_state
 
         model = self.model
         model.lm = fast_lm(model.tokenizer, seed)
-        reader = build_projector("mlp2x_gelu", self.data.features.shape[-1],
-                                 model.lm.get_input_embeddings().embedding_dim, seed=seed + 7919)
+        reader = self.fresh_projector(seed + 7919)
         params = [*model.lm.parameters(), *reader.parameters()]
         for p in params:
             p.requires_grad_(True)
@@ -358,6 +358,13 @@ class Bench:
         return {"reader_loss": float(loss.detach()),
                 "reader_retrieval": float(reads.correct.mean()),
                 "reader_candidate_nll": float(reads.candidate_nll.mean())}
+
+    def fresh_projector(self, seed: int) -> torch.nn.Module:
+        """A seeded projector from the vision features' width to the current LM's."""
+        from fedma.model.projector import build_projector
+
+        return build_projector(PROJECTOR, self.data.features.shape[-1],
+                               self.model.lm.get_input_embeddings().embedding_dim, seed=seed)
 
     def warm_start(self, init: dict, split: Split) -> dict:
         """One centralized pass over the held-apart warm-start images."""
@@ -630,9 +637,7 @@ def main(argv: list[str] | None = None) -> int:
                 if not sys.stdout.isatty():
                     print(f"seed {seed} reader: " + ", ".join(
                         f"{k} {v:.3f}" for k, v in readers[-1].items()), flush=True)
-            init = projector_state(build_projector(spec.projector.type, data.features.shape[-1],
-                                                   model.lm.get_input_embeddings().embedding_dim,
-                                                   seed=seed))
+            init = projector_state(bench.fresh_projector(seed))
             progress.update(task, description=f"seed {seed}: warm start")
             start = bench.warm_start(init, split)
             warm = digest(start)

@@ -74,16 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     cfg = Config(settings=("dirichlet",), threads=a.threads, eval_samples=a.eval_samples,
                  rounds=a.rounds, local_steps=a.local_steps)
     torch.set_num_threads(cfg.threads)
-    from fedma.model.projector import build_projector, projector_state
+    from fedma.model.projector import projector_state
 
     t_start = time.perf_counter()
-    spec, model = bundled_model()
+    _, model = bundled_model()
     data = load_data(model)
     bench = Bench(cfg, model, data)
     split = bench.split(TUNING_SEED)
-    init = projector_state(build_projector(spec.projector.type, data.features.shape[-1],
-                                           model.lm.get_input_embeddings().embedding_dim,
-                                           seed=TUNING_SEED))
+    init = projector_state(bench.fresh_projector(TUNING_SEED))
     start = bench.warm_start(init, split)
     warm = digest(start)
     runs = [("fedavg", "fedavg", {}), *candidates()]

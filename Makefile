@@ -54,7 +54,7 @@ bench-load: $(STAMP)
 	$(BIN)/python bench/soak.py --out bench/results
 	$(BIN)/python bench/report.py
 
-# Strategies against centralized and local-only training (~46 min on 2 cores with AMX, ~90 without; exits 1
+# Strategies against centralized and local-only training (~43 min on 2 cores, float32; exits 1
 # when a check of docs/quality.md fails, with the results written).
 bench-quality: $(STAMP)
 	$(BIN)/python bench/quality.py --out bench/results

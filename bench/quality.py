@@ -36,7 +36,10 @@ on any seed or the noise control moves FedAvg's retrieval by more than ``max_noi
     python bench/quality.py --seeds 1 --rounds 1 --local-steps 2 --eval-samples 40 \\
         --warm-start-samples 16 --arms central,fedavg,fedavg_noise --settings iid --min-central 0
 
-Writes ``<out>/quality.json`` and ``<out>/quality.png`` and prints the tables.
+Writes ``<out>/quality.json`` and ``<out>/quality.png`` and prints the tables. Each seed is
+also written to ``<out>/quality-seeds/seed-<n>.json`` as it finishes (``bench/seeds.py``):
+``--resume`` reuses those of the same configuration and code, so a run stopped in its third
+hour goes on from its last finished seed and reports what an uninterrupted run would.
 
 ``--tier fast`` (``make bench-quality-fast``) runs the same data, splits, arms and statistics
 on a small LM (``FAST_LM``, over a word-level vocabulary of the captions) that the benchmark
@@ -64,6 +67,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import seeds
 from bench.stats import compare
 
 
@@ -548,7 +552,7 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
+def parse_args(argv: list[str] | None) -> tuple[Config, Path, bool]:
     d = Config()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     for flag, value in (("seeds", d.seeds), ("silos", d.silos), ("rounds", d.rounds),
@@ -574,6 +578,9 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
     p.add_argument("--reader-steps", type=int, default=d.reader_steps,
                    help="fast tier: steps teaching the small LM to read (batch 32)")
     p.add_argument("--out", type=Path, default=Path("bench/results"))
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the seeds <out>/quality-seeds/ already holds for this "
+                        "configuration and code (each seed is written there as it finishes)")
     a = p.parse_args(argv)
     arms = tuple(ARMS) if a.arms == "all" else tuple(x for x in a.arms.split(",") if x)
     settings = tuple(x for x in a.settings.split(",") if x)
@@ -593,11 +600,28 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
     if cfg.silos * cfg.samples_per_silo + cfg.eval_samples + cfg.warm_start_samples > 5000:
         p.error("silos × rounds × local-steps × batch-size + eval-samples + warm-start-samples "
                 "exceeds the 5,000 images")
-    return cfg, a.out
+    return cfg, a.out, a.resume
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, out = parse_args(argv)
+    cfg, out, resume = parse_args(argv)
+    stem = "quality" if cfg.tier == "headline" else "quality-fast"
+    key = seeds.config_key(vars(cfg))
+    code = seeds.code_sha256()
+    records_dir = out / f"{stem}-seeds"
+    done: dict[int, dict[str, Any]] = {}
+    if resume:
+        for seed in range(cfg.seeds):
+            try:
+                record = seeds.load(records_dir, seed, key, code)
+            except ValueError as e:
+                raise SystemExit(f"--resume: {e}") from e
+            if record is not None:
+                done[seed] = record
+        print(f"--resume: {len(done)} of {cfg.seeds} seeds already measured in {records_dir}"
+              + (f" (seeds {', '.join(map(str, sorted(done)))})" if done else ""), flush=True)
+
+    resumed = sorted(done)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(cfg.threads)
     from rich.progress import Progress
@@ -616,11 +640,7 @@ def main(argv: list[str] | None = None) -> int:
             spec.projector.type, data.features.shape[-1],
             lm_fast.get_input_embeddings().embedding_dim), spec.max_caption_tokens)
     bench = Bench(cfg, model, data)
-    readers: list[dict[str, float]] = []
     fed_arms = [a for a in cfg.arms if a != "central"]
-    scores = {s: {a: [] for a in cfg.arms} for s in cfg.settings}
-    seconds = {s: {a: [] for a in cfg.arms} for s in cfg.settings}
-    warm_digests = []
     def log(what: str, got: tuple[Scores, float]) -> None:
         """One line per finished arm where the progress bar cannot draw (a pipe, a CI log)."""
         if not sys.stdout.isatty():
@@ -628,33 +648,41 @@ def main(argv: list[str] | None = None) -> int:
                   f"{got[0].candidate_nll.mean():.3f} ({got[1]:.0f} s; "
                   f"{time.perf_counter() - t_start:.0f} s in)", flush=True)
 
+    def encode(got: tuple[Scores, float]) -> dict[str, Any]:
+        return seeds.encode_scores(got[0].correct, got[0].candidate_nll, got[0].heldout_loss,
+                                   got[1])
+
     with Progress() as progress:
-        task = progress.add_task("arms × rounds", total=cfg.seeds * cfg.rounds * (
+        task = progress.add_task("arms × rounds", total=(cfg.seeds - len(done)) * cfg.rounds * (
             ("central" in cfg.arms) + len(cfg.settings) * len(fed_arms)))
 
         def tick(n: int) -> None:
             progress.advance(task, n)
 
         for seed in range(cfg.seeds):
+            if seed in done:
+                continue
+            t_seed = time.perf_counter()
+            record: dict[str, Any] = {"seed": seed, "config": key, "code_sha256": code,
+                                      "commit": seeds.commit(), "reader": None,
+                                      "scores": {s: {} for s in cfg.settings}}
             split = bench.split(seed)
             if cfg.tier == "fast":
                 progress.update(task, description=f"seed {seed}: teaching the LM to read")
-                readers.append(bench.teach_to_read(seed, split))
+                record["reader"] = bench.teach_to_read(seed, split)
                 if not sys.stdout.isatty():
                     print(f"seed {seed} reader: " + ", ".join(
-                        f"{k} {v:.3f}" for k, v in readers[-1].items()), flush=True)
+                        f"{k} {v:.3f}" for k, v in record["reader"].items()), flush=True)
             init = projector_state(bench.fresh_projector(seed))
             progress.update(task, description=f"seed {seed}: warm start")
             start = bench.warm_start(init, split)
-            warm = digest(start)
-            warm_digests.append(warm)
+            warm = record["warm_start_sha256"] = digest(start)
             if "central" in cfg.arms:
                 progress.update(task, description=f"seed {seed}: central")
                 central = bench.run_arm("central", seed, "", split, start, tick)
                 log(f"seed {seed} central", central)
                 for setting in cfg.settings:
-                    scores[setting]["central"].append(central[0])
-                    seconds[setting]["central"].append(central[1])
+                    record["scores"][setting]["central"] = encode(central)
             for setting in cfg.settings:
                 for arm in fed_arms:
                     if digest(start) != warm:
@@ -662,9 +690,22 @@ def main(argv: list[str] | None = None) -> int:
                     progress.update(task, description=f"seed {seed}: {setting} {arm}")
                     got = bench.run_arm(arm, seed, setting, split, start, tick)
                     log(f"seed {seed} {setting} {arm}", got)
-                    scores[setting][arm].append(got[0])
-                    seconds[setting][arm].append(got[1])
+                    record["scores"][setting][arm] = encode(got)
             bench.cache.clear()
+            record["wall_seconds"] = round(time.perf_counter() - t_seed, 1)
+            done[seed] = record
+            seeds.write(records_dir, seed, record)
+    resumed_wall = sum(done[s]["wall_seconds"] for s in resumed)
+    readers = [done[s]["reader"] for s in range(cfg.seeds) if done[s]["reader"] is not None]
+    warm_digests = [done[s]["warm_start_sha256"] for s in range(cfg.seeds)]
+    scores = {s: {a: [] for a in cfg.arms} for s in cfg.settings}
+    seconds = {s: {a: [] for a in cfg.arms} for s in cfg.settings}
+    for seed in range(cfg.seeds):
+        for setting in cfg.settings:
+            for arm in cfg.arms:
+                correct, nll, loss, secs = seeds.decode_scores(done[seed]["scores"][setting][arm])
+                scores[setting][arm].append(Scores(correct, nll, loss))
+                seconds[setting][arm].append(secs)
     result: dict[str, Any] = {
         "config": {**{k: v for k, v in vars(cfg).items()},
                    "arm_definitions": {n: vars(ARMS[n]) for n in cfg.arms},
@@ -677,7 +718,12 @@ def main(argv: list[str] | None = None) -> int:
                    "readers": readers,
                    "projector": "mlp2x_gelu", "chance_accuracy": 0.1,
                    "torch_threads": torch.get_num_threads(),
-                   "wall_seconds": round(time.perf_counter() - t_start, 1),
+                   # This invocation's time plus what the resumed seeds took when they ran
+                   # (their model loading, ~1 min a run, is not in it).
+                   "wall_seconds": round(time.perf_counter() - t_start + resumed_wall, 1),
+                   "seed_wall_seconds": [done[s]["wall_seconds"] for s in range(cfg.seeds)],
+                   "resumed_seeds": resumed,
+                   "code_sha256": code,
                    "warm_start_sha256": warm_digests,
                    "command": "python bench/quality.py " + " ".join(sys.argv[1:] if argv is None
                                                                       else argv)},
@@ -688,7 +734,6 @@ def main(argv: list[str] | None = None) -> int:
     failed = checks(cfg, result)
     result["checks_failed"] = failed
     out.mkdir(parents=True, exist_ok=True)
-    stem = "quality" if cfg.tier == "headline" else "quality-fast"
     (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
     plot(result, out / f"{stem}.png")
     for setting in cfg.settings:

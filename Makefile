@@ -59,7 +59,7 @@ bench-load: $(STAMP)
 bench-quality: $(STAMP)
 	$(BIN)/python bench/quality.py --out bench/results
 
-# The full run: 5 seeds, Dirichlet and IID (~2.3 h on 2 cores, float32). Each finished seed is
+# The full run: 5 seeds, Dirichlet and IID (2.6 h on 2 cores, float32, measured 2026-12-07). Each finished seed is
 # kept in bench/results/full/quality-seeds/, so rerunning after a stop goes on from there.
 bench-quality-full: $(STAMP)
 	$(BIN)/python bench/quality.py --seeds 5 --settings dirichlet,iid --resume --out bench/results/full

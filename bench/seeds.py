@@ -4,10 +4,11 @@ back by ``--resume``.
 A full run (5 seeds, both heterogeneity settings) takes longer than one sitting on 2 cores;
 without these a crash or a stop in its third hour loses everything. Each record holds the
 seed's per-image scores exactly (JSON floats round-trip), so a resumed run's statistics are
-the ones an uninterrupted run computes: the benchmark is deterministic per seed (the warm
-start's sha256 repeats across runs, and is checked again on load). A record is only reused
-by a run of the same configuration (every field but ``seeds``) and the same code (the
-sha256 of ``fedma/`` and the benchmark's sources); anything else is refused by name.
+the ones an uninterrupted run computes: the benchmark is deterministic per seed (measured:
+the warm start's sha256 and every arm's scores repeat across runs; a record keeps its warm
+start's sha256, which a resumed run reports, but it is not recomputed on load). A record is
+only reused by a run of the same configuration (every field but ``seeds``) and the same code
+(the sha256 of ``fedma/`` and the benchmark's sources); anything else is refused by name.
 """
 
 from __future__ import annotations

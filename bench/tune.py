@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(cfg, model, data)
     split = bench.split(TUNING_SEED)
     init = projector_state(bench.fresh_projector(TUNING_SEED))
-    start = bench.warm_start(init, split)
+    start, warm_loss = bench.warm_start(init, split, TUNING_SEED)
     warm = digest(start)
     runs = [("fedavg", "fedavg", {}), *candidates()]
     results: dict[str, dict[str, Any]] = {}
@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     at_edge = sorted(s for s, opts in chosen.items()
                      if any(v in (min(GRID[s][k]), max(GRID[s][k])) for k, v in opts.items()))
     out = {"seed": TUNING_SEED, "setting": "dirichlet", "endpoint": "candidate_nll",
+           "warm_start_loss": warm_loss,
            "config": {k: v for k, v in vars(cfg).items() if k not in ("arms", "options")},
            "grid": GRID, "results": results, "chosen": chosen, "chosen_at_grid_edge": at_edge,
            "wall_seconds": round(time.perf_counter() - t_start, 1),

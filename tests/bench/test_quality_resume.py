@@ -13,7 +13,10 @@ from bench import seeds
 
 TINY = ["--rounds", "1", "--local-steps", "2", "--silos", "2", "--eval-samples", "40",
         "--warm-start-samples", "16", "--arms", "central,fedavg", "--settings", "iid",
-        "--min-central", "0", "--max-noise-points", "100"]
+        "--min-central", "0", "--max-noise-points", "100",
+        # Two steps cannot leave the caption-template phase: the gate is tests/bench/
+        # test_warm_start.py's; here it would stop every run.
+        "--warm-start-max-loss", "100"]
 
 
 def _run(out, *extra):
@@ -35,6 +38,8 @@ def test_resume_reuses_finished_seeds_exactly_and_refuses_another_configuration(
     assert record.read_bytes() == written  # seed 0 was not run again
     assert (tmp_path / "quality-seeds" / "seed-1.json").exists()
     two = json.loads((tmp_path / "quality.json").read_text())
+    (loss,) = json.loads(written)["warm_start_loss"]  # one pass, its loss recorded
+    assert two["config"]["warm_start_loss"][0] == [loss] and loss > 0
     assert two["config"]["resumed_seeds"] == [0]
     assert two["config"]["seed_wall_seconds"][0] == json.loads(written)["wall_seconds"]
     assert two["config"]["warm_start_sha256"][0] == one["config"]["warm_start_sha256"][0]
@@ -48,6 +53,16 @@ def test_resume_reuses_finished_seeds_exactly_and_refuses_another_configuration(
     third = _run(tmp_path, "--seeds", "2", "--resume", "--rounds", "2")
     assert third.returncode != 0
     assert "rounds (record 1, this run 2)" in third.stderr
+    assert record.read_bytes() == written
+
+    # A warm start that stays in the caption-template phase stops the run before its arms,
+    # naming the seed and the loss; the seeds already written stay as they were.
+    fourth = _run(tmp_path, "--seeds", "2", "--resume", "--warm-start-max-loss", "0.001",
+                  "--warm-start-max-passes", "2", "--out", str(tmp_path / "gated"))
+    assert fourth.returncode == 1, fourth.stderr[-3000:]
+    assert "seed 0: after 2 warm-start passes over 16 images" in fourth.stderr
+    assert "--warm-start-max-loss 0.001" in fourth.stderr and "seeds none" in fourth.stderr
+    assert not (tmp_path / "gated" / "quality.json").exists()
     assert record.read_bytes() == written
 
 

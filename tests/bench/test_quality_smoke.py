@@ -16,6 +16,7 @@ def test_quality_benchmark_smoke_writes_paired_results_and_fails_loudly(tmp_path
         [sys.executable, "bench/quality.py", "--seeds", "2", "--rounds", "2", "--local-steps",
          "2", "--silos", "2", "--eval-samples", "40", "--warm-start-samples", "16", "--arms",
          arms, "--settings", "dirichlet,iid", "--min-central", "1.0", "--bf16",
+         "--warm-start-max-loss", "100",  # 2 steps cannot leave the template phase
          "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=900)
     # Central cannot reach 100 % on 40 images in 4 steps: the run must say so and fail, with
@@ -55,7 +56,8 @@ def test_fast_tier_smoke_teaches_a_small_lm_to_read_and_writes_its_own_results(t
         [sys.executable, "bench/quality.py", "--tier", "fast", "--seeds", "1", "--rounds", "1",
          "--local-steps", "2", "--silos", "2", "--eval-samples", "40", "--warm-start-samples",
          "64", "--reader-steps", "20", "--arms", "central,fedavg,fedavg_noise", "--settings",
-         "iid", "--min-central", "0", "--max-noise-points", "100", "--out", str(tmp_path)],
+         "iid", "--min-central", "0", "--max-noise-points", "100", "--warm-start-max-loss",
+         "100", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not (tmp_path / "quality.json").exists()  # the headline's results are not touched

@@ -7,10 +7,11 @@ samples*. Per seed (each seed draws its own split, held-out set, warm start and 
 
 - **held-out**: ``eval_samples`` images (each with its 10 candidate captions), scored once at
   the end in float32;
-- **warm start**: one centralized pass over ``warm_start_samples`` images held apart from the
-  pool, from the seeded projector, the same for every arm of the seed (sha256-checked before
-  each arm), so every arm starts past the caption-template phase, where 1e-7 changes in
-  aggregation swamped any difference between strategies;
+- **warm start**: centralized passes over ``warm_start_samples`` images held apart from the
+  pool, from the seeded projector, until their caption loss is under ``warm_start_max_loss``
+  (or the run stops, :meth:`Bench.warm_start`), the same for every arm of the seed
+  (sha256-checked before each arm), so every arm starts well into the caption-template phase,
+  where 1e-7 changes in aggregation swamped any difference between strategies;
 - **pool**: K × rounds × local steps × batch class-balanced images, each used once (one pass).
 
 Arms (``ARMS``): ``central`` (one optimiser over the pooled samples in batches of the local
@@ -128,9 +129,9 @@ class Config:
     warmup_steps: int = 3
     proximal_mu: float = 0.01
     warm_start_samples: int = 400
-    # Past the caption-template phase: the warm-start images' caption loss after a pass at
-    # most this (nats a token), else another pass, up to warm_start_max_passes; still above:
-    # the run stops (WarmStartError). Calibrated in bench/results/recipe.json.
+    # Well into the caption-template phase: the warm-start images' caption loss after a pass
+    # at most this (nats a token; a fresh projector is at ≈ 8.5), else another pass, up to
+    # warm_start_max_passes; still above: the run stops (WarmStartError). docs/quality.md.
     warm_start_max_loss: float = 2.0
     warm_start_max_passes: int = 3
     eval_samples: int = 1000

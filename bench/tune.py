@@ -11,7 +11,7 @@ candidate NLL (the benchmark's primary endpoint) is chosen. The chosen values ar
 product's defaults (``fedma/aggregate/fedadaptive.py``), which the quality benchmark then runs
 as "the product's defaults"; ``tests/bench/test_tuning.py`` checks the two agree.
 
-    python bench/tune.py --out bench/results     # 48 min on 2 cores without AMX (2,903 s)
+    python bench/tune.py --out bench/results     # about 45 min on 2 cores without AMX
 
 Writes ``<out>/tuning.json``: every candidate's retrieval, candidate NLL and seconds, FedAvg's
 on the same seed for reference, and the choice per strategy.

@@ -10,11 +10,12 @@ start and projector, none ever reported (``bench/quality.py`` refuses seeds from
 ``TUNING_SEED`` on) — by the rule the checks need: the rate whose *worst* seed's central
 retrieval is highest (ties: the higher median).
 
-Each point runs what ``bench/quality.py`` runs for its ``central`` arm: the warm start at that
-rate, then one optimiser over the pool in batches of 8, scored on the seed's 1,000 held-out
-images in float32.
+Each point runs what ``bench/quality.py`` runs for its ``central`` arm — one optimiser over the
+pool in batches of 8, scored on the seed's 1,000 held-out images in float32 — from a warm start
+of *one* pass at that rate (the sweep predates the benchmark's warm-start bound,
+:meth:`Bench.warm_start`; it records the loss that bound would have seen).
 
-    python bench/recipe.py --out bench/results     # 12 points, about 35 min on 2 cores
+    python bench/recipe.py --out bench/results     # 12 points, 2,384 s on 2 cores (2026-12-08)
 
 Writes ``<out>/recipe.json``: every point's warm-start loss, central retrieval, candidate NLL,
 held-out caption loss and seconds, and the choice.
